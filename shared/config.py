@@ -1,0 +1,106 @@
+"""Twelve-factor settings: every knob is an environment variable with a documented default.
+
+The defaults are the embedded ones (SQLite under `.run/`, Redis on localhost), so a new user
+needs to set nothing; `docker-compose.yml` and `.env.example` show the production values.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+RUN_DIR = Path(os.environ.get("MYOTRIAGE_RUN_DIR", ".run")).resolve()
+
+
+def _env(name: str, default: str) -> str:
+    value = os.environ.get(name)
+    return default if value is None or value == "" else value
+
+
+@dataclass(frozen=True)
+class Settings:
+    """All runtime settings. `Settings.from_env()` reads them; tests pass overrides."""
+
+    # SQLAlchemy URL. PostgreSQL in production (postgresql+psycopg://...), SQLite by default.
+    database_url: str = field(
+        default_factory=lambda: f"sqlite:///{RUN_DIR / 'myotriage.db'}",
+        metadata={"env": "DATABASE_URL"},
+    )
+    # Celery broker and pub/sub.
+    redis_url: str = field(default="redis://127.0.0.1:6379/0", metadata={"env": "REDIS_URL"})
+    # Largest request body accepted, in bytes (a full report is ~2 KB; free_text ≤ 4000 chars).
+    max_request_bytes: int = field(
+        default=64 * 1024, metadata={"env": "MYOTRIAGE_MAX_REQUEST_BYTES"}
+    )
+    # Log level for structlog's JSON lines.
+    log_level: str = field(default="INFO", metadata={"env": "MYOTRIAGE_LOG_LEVEL"})
+    # Outbox relay: how long to sleep when the outbox is empty, and how many rows per batch.
+    relay_poll_seconds: float = field(
+        default=0.02, metadata={"env": "MYOTRIAGE_RELAY_POLL_SECONDS"}
+    )
+    relay_batch_size: int = field(default=500, metadata={"env": "MYOTRIAGE_RELAY_BATCH_SIZE"})
+    # A published task whose assessment is still unscored after this long is published again
+    # (the broker may have lost it: Redis restarted without persistence, worker host died).
+    relay_republish_after_seconds: float = field(
+        default=60.0, metadata={"env": "MYOTRIAGE_RELAY_REPUBLISH_AFTER_SECONDS"}
+    )
+    # Celery task limits (seconds).
+    task_soft_time_limit: int = field(
+        default=20, metadata={"env": "MYOTRIAGE_TASK_SOFT_TIME_LIMIT"}
+    )
+    task_time_limit: int = field(default=30, metadata={"env": "MYOTRIAGE_TASK_TIME_LIMIT"})
+    # Redis visibility timeout: an unacknowledged task returns to the queue after this long.
+    broker_visibility_timeout: int = field(
+        default=300, metadata={"env": "MYOTRIAGE_BROKER_VISIBILITY_TIMEOUT"}
+    )
+    # How long a validated API key stays cached in a process (revocation takes this long).
+    api_key_cache_seconds: float = field(
+        default=30.0, metadata={"env": "MYOTRIAGE_API_KEY_CACHE_SECONDS"}
+    )
+    # How long Idempotency-Key records are kept.
+    idempotency_ttl_hours: int = field(
+        default=24, metadata={"env": "MYOTRIAGE_IDEMPOTENCY_TTL_HOURS"}
+    )
+    # Public base URLs, used to build links between the services.
+    intake_base_url: str = field(
+        default="http://127.0.0.1:8000", metadata={"env": "MYOTRIAGE_INTAKE_URL"}
+    )
+    reporting_base_url: str = field(
+        default="http://127.0.0.1:8001", metadata={"env": "MYOTRIAGE_REPORTING_URL"}
+    )
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> Settings:
+        """Build settings from the environment; keyword overrides win."""
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            env_name = f.metadata.get("env")
+            raw = os.environ.get(env_name) if env_name else None
+            if raw is None or raw == "":
+                continue
+            kind = {"int": int, "float": float}.get(str(f.type), str)
+            values[f.name] = _coerce(raw, kind, env_name)
+        values.update(overrides)
+        return cls(**values)
+
+    def with_overrides(self, **overrides: Any) -> Settings:
+        return replace(self, **overrides)
+
+    @staticmethod
+    def documented() -> list[tuple[str, str]]:
+        """(environment variable, default) pairs, for the README and `.env.example`."""
+        defaults = Settings()
+        return [(f.metadata["env"], str(getattr(defaults, f.name))) for f in fields(Settings)]
+
+
+def _coerce(raw: str, kind: type, name: str) -> Any:
+    try:
+        if kind is int:
+            return int(raw)
+        if kind is float:
+            return float(raw)
+    except ValueError as exc:
+        raise ValueError(f"environment variable {name}={raw!r} is not a {kind.__name__}") from exc
+    return raw

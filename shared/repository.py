@@ -1,0 +1,224 @@
+"""Every database query the services make, in one place. Views and tasks never build SQL."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from shared.celery_app import SCORE_TASK, SCORING_QUEUE
+from shared.models import (
+    Assessment,
+    AuditEvent,
+    IdempotencyRecord,
+    OutboxMessage,
+    TriageResult,
+    utcnow,
+)
+from shared.vocabulary import LEVEL_RANK
+
+# ---- Assessments ------------------------------------------------------------------------------
+
+
+def add_assessment(
+    session: Session,
+    report: dict[str, Any],
+    *,
+    source: str,
+    submitted_by: str | None,
+    queue: str = SCORING_QUEUE,
+) -> Assessment:
+    """Store a validated report as `queued` with its outbox row, in the caller's transaction."""
+    assessment = Assessment(
+        report=report,
+        patient_ref=report["patient"]["id"],
+        source=source,
+        status="queued",
+        submitted_by=submitted_by,
+    )
+    session.add(assessment)
+    session.flush()
+    session.add(
+        OutboxMessage(
+            task_name=SCORE_TASK,
+            queue=queue,
+            assessment_id=assessment.id,
+            args=[assessment.id],
+        )
+    )
+    return assessment
+
+
+def get_assessment(session: Session, assessment_id: str) -> Assessment | None:
+    return session.get(Assessment, assessment_id)
+
+
+def current_result(session: Session, assessment_id: str) -> TriageResult | None:
+    return session.scalar(
+        select(TriageResult).where(
+            TriageResult.assessment_id == assessment_id, TriageResult.current.is_(True)
+        )
+    )
+
+
+def result_for_version(
+    session: Session, assessment_id: str, ruleset_version: str
+) -> TriageResult | None:
+    return session.scalar(
+        select(TriageResult).where(
+            TriageResult.assessment_id == assessment_id,
+            TriageResult.ruleset_version == ruleset_version,
+        )
+    )
+
+
+def urgency_of(level: str, priority: int) -> int:
+    """Queue sort key: the level always dominates; priority orders within a level."""
+    return LEVEL_RANK[level] * 1000 + priority
+
+
+def triage_queue(
+    session: Session, *, limit: int, offset: int = 0, level: str | None = None
+) -> Sequence[tuple[Assessment, TriageResult]]:
+    """Scored assessments with their current result, most urgent first, oldest first in a tie."""
+    query = (
+        select(Assessment, TriageResult)
+        .join(TriageResult, TriageResult.assessment_id == Assessment.id)
+        .where(TriageResult.current.is_(True))
+        .order_by(TriageResult.urgency.desc(), Assessment.created_at.asc())
+        .limit(limit)
+        .offset(offset)
+    )
+    if level is not None:
+        query = query.where(TriageResult.triage_level == level)
+    return [(row[0], row[1]) for row in session.execute(query).all()]
+
+
+def history_for_patient(session: Session, patient_ref: str, limit: int = 20) -> list[Assessment]:
+    return list(
+        session.scalars(
+            select(Assessment)
+            .where(Assessment.patient_ref == patient_ref)
+            .order_by(Assessment.created_at.desc())
+            .limit(limit)
+        )
+    )
+
+
+# ---- Idempotency ------------------------------------------------------------------------------
+
+
+def find_idempotency_record(
+    session: Session, api_key_id: str, key: str, not_before: datetime
+) -> IdempotencyRecord | None:
+    return session.scalar(
+        select(IdempotencyRecord).where(
+            IdempotencyRecord.api_key_id == api_key_id,
+            IdempotencyRecord.key == key,
+            IdempotencyRecord.created_at >= not_before,
+        )
+    )
+
+
+def delete_expired_idempotency_record(
+    session: Session, api_key_id: str, key: str, not_before: datetime
+) -> None:
+    session.query(IdempotencyRecord).filter(
+        IdempotencyRecord.api_key_id == api_key_id,
+        IdempotencyRecord.key == key,
+        IdempotencyRecord.created_at < not_before,
+    ).delete(synchronize_session=False)
+
+
+# ---- Outbox -----------------------------------------------------------------------------------
+
+
+def unpublished_messages(session: Session, limit: int) -> list[OutboxMessage]:
+    """The oldest unpublished outbox rows; locked against other relays on PostgreSQL."""
+    query = (
+        select(OutboxMessage)
+        .where(OutboxMessage.published_at.is_(None))
+        .order_by(OutboxMessage.created_at)
+        .limit(limit)
+    )
+    if session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update(skip_locked=True)
+    return list(session.scalars(query))
+
+
+def stale_messages(session: Session, published_before: datetime, limit: int) -> list[OutboxMessage]:
+    """Published messages whose work is still not done: the broker may have lost them."""
+    query = (
+        select(OutboxMessage)
+        .where(
+            OutboxMessage.completed_at.is_(None),
+            OutboxMessage.published_at.is_not(None),
+            OutboxMessage.published_at < published_before,
+        )
+        .order_by(OutboxMessage.published_at)
+        .limit(limit)
+    )
+    if session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update(skip_locked=True)
+    return list(session.scalars(query))
+
+
+def complete_outbox_messages(session: Session, assessment_id: str, task_name: str) -> None:
+    session.execute(
+        update(OutboxMessage)
+        .where(
+            OutboxMessage.assessment_id == assessment_id,
+            OutboxMessage.task_name == task_name,
+            OutboxMessage.completed_at.is_(None),
+        )
+        .values(completed_at=utcnow())
+    )
+
+
+def outbox_backlog(session: Session) -> int:
+    from sqlalchemy import func
+
+    return int(
+        session.scalar(
+            select(func.count())
+            .select_from(OutboxMessage)
+            .where(OutboxMessage.published_at.is_(None))
+        )
+        or 0
+    )
+
+
+def purge_completed_outbox(session: Session, older_than: timedelta) -> int:
+    cutoff = utcnow() - older_than
+    result = (
+        session.query(OutboxMessage)
+        .filter(OutboxMessage.completed_at.is_not(None), OutboxMessage.completed_at < cutoff)
+        .delete(synchronize_session=False)
+    )
+    return int(result)
+
+
+# ---- Audit ------------------------------------------------------------------------------------
+
+
+def record_audit(
+    session: Session,
+    *,
+    actor: str,
+    action: str,
+    assessment_id: str | None = None,
+    request_id: str | None = None,
+    detail: str | None = None,
+) -> None:
+    session.add(
+        AuditEvent(
+            actor=actor,
+            action=action,
+            assessment_id=assessment_id,
+            request_id=request_id,
+            detail=detail,
+        )
+    )

@@ -1,0 +1,124 @@
+"""What both Flask services share: the app skeleton, health endpoints, OpenAPI, auth wiring."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+import structlog
+from flask import Blueprint, Flask, current_app, jsonify
+from flask_smorest import Api
+from sqlalchemy import text
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared.auth import ApiKeyVerifier
+from shared.config import Settings
+from shared.db import make_engine, make_session_factory
+from shared.observability import (
+    configure_logging,
+    install_request_observability,
+    metrics_response,
+)
+from shared.problems import register_problem_handlers
+
+log = structlog.get_logger("myotriage.web")
+
+
+def build_app(import_name: str, service: str, title: str, settings: Settings) -> tuple[Flask, Api]:
+    """A Flask app with config, DB, Redis, auth, problem+json, logs, metrics, health and OpenAPI."""
+    configure_logging(settings.log_level)
+    app = Flask(import_name)
+    app.config.update(
+        MAX_CONTENT_LENGTH=settings.max_request_bytes,
+        API_TITLE=title,
+        API_VERSION="v1",
+        OPENAPI_VERSION="3.1.0",
+        OPENAPI_URL_PREFIX="/",
+        OPENAPI_JSON_PATH="openapi.json",
+        OPENAPI_SWAGGER_UI_PATH="docs",
+        OPENAPI_SWAGGER_UI_URL="https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/",
+        API_SPEC_OPTIONS={
+            "components": {
+                "securitySchemes": {
+                    "ApiKeyAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "API key"}
+                }
+            },
+            "info": {
+                "description": "MyoTriage: decision support for adults reporting muscle fatigue, "
+                "weakness, twitching or cramps. Errors are RFC 9457 application/problem+json."
+            },
+        },
+        JSON_SORT_KEYS=False,
+    )
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    engine = make_engine(settings.database_url)
+    session_factory = make_session_factory(engine)
+    app.extensions["myotriage.settings"] = settings
+    app.extensions["myotriage.engine"] = engine
+    app.extensions["myotriage.sessions"] = session_factory
+    app.extensions["myotriage.redis"] = redis.Redis.from_url(
+        settings.redis_url, socket_timeout=1, socket_connect_timeout=1
+    )
+    app.extensions["myotriage.api_keys"] = ApiKeyVerifier(
+        session_factory, settings.api_key_cache_seconds
+    )
+    install_request_observability(app, service)
+    api = Api(app)
+    # After Api(): flask-smorest registers its own HTTPException handler, ours must win.
+    register_problem_handlers(app)
+    app.register_blueprint(_health_blueprint(service))
+    return app, api
+
+
+def settings_of(app: Flask | None = None) -> Settings:
+    return (app or current_app).extensions["myotriage.settings"]  # type: ignore[no-any-return]
+
+
+def sessions() -> sessionmaker[Session]:
+    return current_app.extensions["myotriage.sessions"]  # type: ignore[no-any-return]
+
+
+def resolve_settings(config: Settings | dict[str, Any] | None) -> Settings:
+    if isinstance(config, Settings):
+        return config
+    return Settings.from_env(**(config or {}))
+
+
+def _health_blueprint(service: str) -> Blueprint:
+    health = Blueprint("health", __name__)
+
+    @health.get("/livez")
+    def livez() -> Any:
+        """The process is up and serving."""
+        return jsonify(status="ok", service=service)
+
+    @health.get("/readyz")
+    def readyz() -> Any:
+        """Ready when the database answers. Redis being down is reported but not fatal:
+        intake keeps accepting (the outbox relay catches up), so taking the service out of
+        a load balancer for a Redis blip would turn it into refused reports."""
+        checks: dict[str, str] = {}
+        try:
+            with current_app.extensions["myotriage.engine"].connect() as conn:
+                conn.execute(text("SELECT 1"))
+            checks["database"] = "ok"
+        except Exception as exc:
+            log.warning("readyz.database_down", error_class=type(exc).__name__)
+            checks["database"] = "down"
+        try:
+            current_app.extensions["myotriage.redis"].ping()
+            checks["redis"] = "ok"
+        except Exception as exc:
+            log.warning("readyz.redis_down", error_class=type(exc).__name__)
+            checks["redis"] = "down"
+        if checks["database"] != "ok":
+            return jsonify(status="unavailable", service=service, checks=checks), 503
+        status = "ok" if checks["redis"] == "ok" else "degraded"
+        return jsonify(status=status, service=service, checks=checks), 200
+
+    @health.get("/metrics")
+    def metrics() -> Any:
+        """Prometheus metrics (no patient data in any label)."""
+        return metrics_response()
+
+    return health
