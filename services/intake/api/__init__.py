@@ -1,0 +1,1 @@
+"""Intake HTTP API blueprints."""

@@ -1,0 +1,20 @@
+"""The intake service: symptom reports in."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Flask
+
+from shared.config import Settings
+from shared.web import build_app, resolve_settings
+
+
+def create_app(config: Settings | dict[str, Any] | None = None) -> Flask:
+    """Build the intake app. `config` is a Settings, or overrides of the environment's."""
+    settings = resolve_settings(config)
+    app, api = build_app(__name__, "intake", "MyoTriage intake", settings)
+    from services.intake.api.assessments import blp as assessments
+
+    api.register_blueprint(assessments)
+    return app

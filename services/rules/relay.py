@@ -1,0 +1,151 @@
+"""The transactional outbox relay: publishes outbox rows to Celery, task id = outbox id.
+
+Intake writes the assessment and its outbox row in one transaction and never talks to the
+broker. This process moves rows to Redis. While Redis is down it keeps the rows and tries again
+with back-off, so intake keeps accepting. Published rows whose work never completed (the broker
+lost the message: Redis restarted without persistence, a worker host died) are published again
+after `relay_republish_after_seconds`; the tasks are idempotent, so a duplicate is harmless.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from datetime import timedelta
+from typing import Any
+
+import structlog
+from celery import Celery
+from prometheus_client import Counter, Gauge
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared import repository
+from shared.celery_app import create_celery
+from shared.config import Settings
+from shared.db import make_engine, make_session_factory, transaction
+from shared.models import OutboxMessage, utcnow
+from shared.observability import configure_logging
+
+log = structlog.get_logger("myotriage.relay")
+
+PUBLISHED = Counter("myotriage_outbox_published_total", "Outbox messages published", ["kind"])
+PUBLISH_FAILURES = Counter("myotriage_outbox_publish_failures_total", "Failed publish attempts")
+BACKLOG = Gauge("myotriage_outbox_backlog", "Unpublished outbox messages")
+
+
+class BrokerUnavailable(Exception):
+    """Publishing failed; the rows stay in the outbox for the next try."""
+
+
+class OutboxRelay:
+    """Moves outbox rows to the broker. `run()` loops until `stop()`."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        sessions: sessionmaker[Session] | None = None,
+        celery_app: Celery | None = None,
+    ) -> None:
+        self.settings = settings
+        self.sessions = sessions or make_session_factory(make_engine(settings.database_url))
+        self.celery = celery_app or create_celery(settings, name="myotriage-relay")
+        self._stop = threading.Event()
+        self._last_stale_check = 0.0
+
+    def stop(self, *_: Any) -> None:
+        self._stop.set()
+
+    def publish_pending(self) -> int:
+        """Publish one batch of unpublished rows; returns how many went out."""
+        published = 0
+        with transaction(self.sessions) as session:
+            for message in repository.unpublished_messages(session, self.settings.relay_batch_size):
+                try:
+                    self._publish(message)
+                except BrokerUnavailable:
+                    # Keep what went out so far (committed below); the rest waits.
+                    if published == 0:
+                        raise
+                    break
+                message.published_at = utcnow()
+                message.publish_count += 1
+                message.last_error = None
+                published += 1
+        if published:
+            PUBLISHED.labels("new").inc(published)
+        return published
+
+    def republish_stale(self) -> int:
+        """Publish again messages whose work has not completed long after publishing."""
+        cutoff = utcnow() - timedelta(seconds=self.settings.relay_republish_after_seconds)
+        count = 0
+        with transaction(self.sessions) as session:
+            for message in repository.stale_messages(
+                session, cutoff, self.settings.relay_batch_size
+            ):
+                self._publish(message)
+                message.published_at = utcnow()
+                message.publish_count += 1
+                count += 1
+        if count:
+            PUBLISHED.labels("republished").inc(count)
+            log.warning("outbox.republished_stale", count=count)
+        return count
+
+    def _publish(self, message: OutboxMessage) -> None:
+        try:
+            self.celery.send_task(
+                message.task_name,
+                args=list(message.args),
+                task_id=message.id,
+                queue=message.queue,
+                retry=False,
+            )
+        except Exception as exc:  # kombu raises several kinds when Redis is away
+            PUBLISH_FAILURES.inc()
+            message.last_error = type(exc).__name__
+            raise BrokerUnavailable(type(exc).__name__) from exc
+
+    def run(self) -> None:
+        """Loop until stopped: publish, sleep when idle, back off while the broker is down."""
+        log.info("relay.started")
+        backoff = 0.0
+        stale_every = max(1.0, self.settings.relay_republish_after_seconds / 4)
+        while not self._stop.is_set():
+            try:
+                sent = self.publish_pending()
+                now = time.monotonic()
+                if now - self._last_stale_check >= stale_every:
+                    self._last_stale_check = now
+                    self.republish_stale()
+                    with self.sessions() as session:
+                        BACKLOG.set(repository.outbox_backlog(session))
+                if backoff:
+                    log.info("relay.broker_back")
+                backoff = 0.0
+                if sent == 0:
+                    self._stop.wait(self.settings.relay_poll_seconds)
+            except BrokerUnavailable as exc:
+                backoff = min(5.0, max(0.1, backoff * 2))
+                log.warning("relay.broker_unavailable", error_class=str(exc), retry_in_s=backoff)
+                self._stop.wait(backoff)
+            except Exception as exc:  # the database may be restarting; never die for that
+                backoff = min(5.0, max(0.1, backoff * 2))
+                log.error("relay.error", error_class=type(exc).__name__, retry_in_s=backoff)
+                self._stop.wait(backoff)
+        log.info("relay.stopped")
+
+
+def main() -> None:
+    """`python -m services.rules.relay`: run the relay until SIGTERM/SIGINT."""
+    settings = Settings.from_env()
+    configure_logging(settings.log_level)
+    relay = OutboxRelay(settings)
+    signal.signal(signal.SIGTERM, relay.stop)
+    signal.signal(signal.SIGINT, relay.stop)
+    relay.run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,126 @@
+"""Scoring an assessment and storing the result: the worker's work, outside Celery.
+
+Idempotent: a second run for the same assessment and rule-set version changes nothing, so a
+task delivered twice (worker killed after commit, relay re-publishing) is harmless.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from services.rules.engine import RuleSet
+from shared import repository
+from shared.celery_app import SCORE_TASK
+from shared.db import transaction
+from shared.models import TriageResult, utcnow
+
+log = structlog.get_logger("myotriage.rules")
+
+
+@dataclass(frozen=True)
+class ScoreOutcome:
+    """What happened, in ids and codes only (it is logged)."""
+
+    assessment_id: str
+    outcome: str  # scored | already_scored | missing
+    triage_level: str | None = None
+    ruleset_version: str | None = None
+
+
+def score_assessment(
+    sessions: sessionmaker[Session], ruleset: RuleSet, assessment_id: str, *, rescore: bool = False
+) -> ScoreOutcome:
+    """Score `assessment_id` under `ruleset` and store the result as its current one.
+
+    Without `rescore`, an assessment that already has a current result is left as it is (even
+    one scored under an older rule set: re-scoring is an explicit admin action). With `rescore`,
+    a result under this version is added and becomes current; older results are kept.
+    """
+    with sessions() as session:
+        assessment = repository.get_assessment(session, assessment_id)
+        if assessment is None:
+            log.warning("score.assessment_missing", assessment_id=assessment_id)
+            return ScoreOutcome(assessment_id, "missing")
+        existing = (
+            repository.result_for_version(session, assessment_id, ruleset.version)
+            if rescore
+            else repository.current_result(session, assessment_id)
+        )
+        if existing is not None:
+            _mark_done(sessions, assessment_id)
+            return ScoreOutcome(
+                assessment_id, "already_scored", existing.triage_level, existing.ruleset_version
+            )
+        report = dict(assessment.report)
+    result = ruleset.score(report)
+    try:
+        with transaction(sessions) as session:
+            _store(session, assessment_id, result)
+    except IntegrityError:
+        # Another delivery of the same task stored it first; that result stands.
+        log.info("score.duplicate_delivery", assessment_id=assessment_id)
+        return ScoreOutcome(assessment_id, "already_scored", result["triage"], ruleset.version)
+    log.info(
+        "score.stored",
+        assessment_id=assessment_id,
+        triage_level=result["triage"],
+        priority=result["priority"],
+        ruleset_version=ruleset.version,
+        red_flags=[flag["id"] for flag in result["red_flags"]],
+    )
+    return ScoreOutcome(assessment_id, "scored", result["triage"], ruleset.version)
+
+
+def _store(session: Session, assessment_id: str, result: dict[str, Any]) -> None:
+    assessment = repository.get_assessment(session, assessment_id)
+    assert assessment is not None
+    previous = repository.current_result(session, assessment_id)
+    if previous is not None:
+        previous.current = False
+        session.flush()
+    session.add(
+        TriageResult(
+            assessment_id=assessment_id,
+            ruleset_version=result["ruleset_version"],
+            triage_level=result["triage"],
+            priority=int(result["priority"]),
+            urgency=repository.urgency_of(result["triage"], int(result["priority"])),
+            current=True,
+            result=result,
+        )
+    )
+    assessment.status = "scored"
+    assessment.scored_at = utcnow()
+    assessment.failure_reason = None
+    repository.complete_outbox_messages(session, assessment_id, SCORE_TASK)
+
+
+def _mark_done(sessions: sessionmaker[Session], assessment_id: str) -> None:
+    with transaction(sessions) as session:
+        assessment = repository.get_assessment(session, assessment_id)
+        if assessment is not None and assessment.status != "scored":
+            assessment.status = "scored"
+        repository.complete_outbox_messages(session, assessment_id, SCORE_TASK)
+
+
+def mark_scoring(sessions: sessionmaker[Session], assessment_id: str) -> None:
+    """Show `scoring` while the engine runs (only from `queued`)."""
+    with transaction(sessions) as session:
+        assessment = repository.get_assessment(session, assessment_id)
+        if assessment is not None and assessment.status == "queued":
+            assessment.status = "scoring"
+
+
+def mark_failed(sessions: sessionmaker[Session], assessment_id: str, reason: str) -> None:
+    """Record that scoring failed for good; the report is kept for a person to look at."""
+    with transaction(sessions) as session:
+        assessment = repository.get_assessment(session, assessment_id)
+        if assessment is not None and assessment.status != "scored":
+            assessment.status = "failed"
+            assessment.failure_reason = reason[:200]
+        repository.complete_outbox_messages(session, assessment_id, SCORE_TASK)
