@@ -1,0 +1,133 @@
+"""Intake throughput against the bare-Flask ceiling, and end-to-end time from POST to scored.
+
+    .venv/bin/python bench/intake_bench.py [--seconds 10] [--rounds 3] [--rate 100] [--e2e-seconds 10]
+
+Needs `wrk` (apt-get install wrk). Uses DATABASE_URL if set (PostgreSQL), else SQLite in a temp
+dir; always a private redis-server. Both apps run under gunicorn with 4 sync workers, like the
+ceilings in ../shared/docs/CEILINGS.md; wrk uses 2 threads and 32 connections on the same cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import requests
+from sqlalchemy import select
+
+from bench.stack import BenchStack, percentile, run_wrk
+from shared.models import Assessment
+from tests.factories import report
+
+
+def throughput(stack: BenchStack, seconds: int, rounds: int) -> dict[str, dict[str, float]]:
+    bare = stack.gunicorn("bare", "bench.bare_flask:app")
+    intake = stack.gunicorn("intake", "services.intake.wsgi:app")
+    body = json.dumps(report())
+    auth = {"Content-Type": "application/json", "Authorization": f"Bearer {stack.api_key}"}
+    run_wrk(bare + "/v1/assessments", body, auth, 2)  # warm-up
+    run_wrk(intake + "/v1/assessments", body, auth, 2)
+    samples: dict[str, list[dict[str, float]]] = {"bare": [], "intake": []}
+    for _ in range(rounds):  # alternate, so drift hits both alike
+        samples["bare"].append(run_wrk(bare + "/v1/assessments", body, auth, seconds))
+        samples["intake"].append(run_wrk(intake + "/v1/assessments", body, auth, seconds))
+    for name, runs in samples.items():
+        errors = sum(r["non_2xx"] for r in runs)
+        if errors:
+            raise SystemExit(f"{name}: {errors} non-2xx responses during the benchmark")
+    return {
+        name: {key: statistics.median(r[key] for r in runs) for key in ("rps", "p50_ms", "p99_ms")}
+        for name, runs in samples.items()
+    }, intake
+
+
+def end_to_end(stack: BenchStack, intake: str, rate: float, seconds: float) -> dict[str, float]:
+    """POST at a steady `rate`; e2e = scored_at - created_at as stored (same clock)."""
+    stack.worker(concurrency=2)
+    stack.relay()
+    time.sleep(2)
+    session = requests.Session()
+    headers = {"Authorization": f"Bearer {stack.api_key}"}
+    ids: list[str] = []
+    post_ms: list[float] = []
+    lock = threading.Lock()
+    interval = 1.0 / rate
+    start = time.perf_counter()
+    n = 0
+    while time.perf_counter() - start < seconds:
+        due = start + n * interval
+        delay = due - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        t0 = time.perf_counter()
+        response = session.post(f"{intake}/v1/assessments", json=report(), headers=headers)
+        response.raise_for_status()
+        with lock:
+            post_ms.append((time.perf_counter() - t0) * 1000)
+            ids.append(response.json()["id"])
+        n += 1
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        with stack.sessions() as db:
+            rows = db.execute(
+                select(Assessment.created_at, Assessment.scored_at).where(Assessment.id.in_(ids))
+            ).all()
+        if all(r.scored_at is not None for r in rows) and len(rows) == len(ids):
+            break
+        time.sleep(0.5)
+    e2e = [(r.scored_at - r.created_at).total_seconds() * 1000 for r in rows if r.scored_at]
+    return {
+        "rate": rate,
+        "count": len(ids),
+        "scored": len(e2e),
+        "achieved_rate": len(ids) / (time.perf_counter() - start),
+        "post_p50_ms": percentile(post_ms, 50),
+        "post_p99_ms": percentile(post_ms, 99),
+        "e2e_p50_ms": percentile(e2e, 50),
+        "e2e_p99_ms": percentile(e2e, 99),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rate", type=float, default=100.0)
+    parser.add_argument("--e2e-seconds", type=float, default=10.0)
+    args = parser.parse_args()
+    stack = BenchStack()
+    try:
+        figures, intake = throughput(stack, args.seconds, args.rounds)
+        e2e = end_to_end(stack, intake, args.rate, args.e2e_seconds)
+    finally:
+        stack.close()
+    db = "postgresql" if stack.database_url.startswith("postgresql") else "sqlite"
+    bare, ours = figures["bare"], figures["intake"]
+    print(
+        f"database: {db}; gunicorn sync x4; wrk -t2 -c32, {args.rounds} rounds x {args.seconds} s, medians"
+    )
+    print(f"{'endpoint':<28}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}")
+    print(
+        f"{'bare Flask (ceiling)':<28}{bare['rps']:>10.0f}{bare['p50_ms']:>10.2f}{bare['p99_ms']:>10.2f}"
+    )
+    print(
+        f"{'intake POST /v1/assessments':<28}{ours['rps']:>10.0f}{ours['p50_ms']:>10.2f}{ours['p99_ms']:>10.2f}"
+    )
+    print(f"ratio intake / ceiling: {ours['rps'] / bare['rps']:.2f} (target >= 0.50)")
+    print(
+        f"end to end at {e2e['rate']:.0f}/s for {args.e2e_seconds:.0f} s "
+        f"({e2e['count']} reports, {e2e['scored']} scored, achieved {e2e['achieved_rate']:.0f}/s): "
+        f"POST p50 {e2e['post_p50_ms']:.1f} ms p99 {e2e['post_p99_ms']:.1f} ms; "
+        f"POST->scored p50 {e2e['e2e_p50_ms']:.1f} ms p99 {e2e['e2e_p99_ms']:.1f} ms (target p99 < 250)"
+    )
+
+
+if __name__ == "__main__":
+    main()
