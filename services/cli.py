@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     db = sub.add_parser("db", help="database migrations").add_subparsers(dest="db", required=True)
     upgrade = db.add_parser("upgrade", help="apply migrations")
-    upgrade.add_argument("revision", nargs="?", default="head")
+    upgrade.add_argument("revision", nargs="?", default="heads")
     upgrade.set_defaults(func=_db_upgrade)
 
     keys = sub.add_parser("api-key", help="manage API keys").add_subparsers(

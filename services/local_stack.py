@@ -208,7 +208,7 @@ class LocalStack:
                 "services.rules.worker",
                 "worker",
                 "-Q",
-                "scoring,batch",
+                "scoring,batch,callbacks",
                 "-c",
                 str(self.workers),
                 "--loglevel",

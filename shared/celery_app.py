@@ -17,6 +17,9 @@ from shared.config import Settings
 # Separate queues so a flood of batch screening never delays an interactive report.
 SCORING_QUEUE = "scoring"
 BATCH_QUEUE = "batch"
+# Outbound EHR callbacks: a slow EHR endpoint must never hold up scoring.
+CALLBACKS_QUEUE = "callbacks"
+ALL_QUEUES = (SCORING_QUEUE, BATCH_QUEUE, CALLBACKS_QUEUE)
 SCORE_TASK = "rules.score_assessment"
 
 
@@ -36,7 +39,7 @@ def create_celery(settings: Settings | None = None, name: str = "myotriage") -> 
         task_soft_time_limit=settings.task_soft_time_limit,
         task_time_limit=settings.task_time_limit,
         task_default_queue=SCORING_QUEUE,
-        task_queues=(Queue(SCORING_QUEUE), Queue(BATCH_QUEUE)),
+        task_queues=tuple(Queue(name) for name in ALL_QUEUES),
         task_routes={SCORE_TASK: {"queue": SCORING_QUEUE}},
         broker_transport_options={
             "visibility_timeout": settings.broker_visibility_timeout,

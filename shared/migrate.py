@@ -17,7 +17,7 @@ def alembic_config(database_url: str) -> Config:
     return config
 
 
-def upgrade_database(database_url: str, revision: str = "head") -> None:
+def upgrade_database(database_url: str, revision: str = "heads") -> None:
     """Bring the database at `database_url` up to `revision`."""
     command.upgrade(alembic_config(database_url), revision)
 

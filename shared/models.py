@@ -173,3 +173,8 @@ class AuditEvent(Base):
     assessment_id: Mapped[str | None] = mapped_column(String(36), index=True, nullable=True)
     request_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     detail: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+# Models of other areas live in their own modules on the same Base; importing them here puts
+# every table in `Base.metadata` for Alembic and the tests.
+from shared import cds_models, integration_models  # noqa: E402, F401

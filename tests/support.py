@@ -146,7 +146,7 @@ def worker_process(
             "services.rules.worker",
             "worker",
             "-Q",
-            "scoring,batch",
+            "scoring,batch,callbacks",
             "-c",
             str(concurrency),
             "--loglevel",
