@@ -76,8 +76,8 @@ class Settings:
         """Build settings from the environment; keyword overrides win."""
         values: dict[str, Any] = {}
         for f in fields(cls):
-            env_name = f.metadata.get("env")
-            raw = os.environ.get(env_name) if env_name else None
+            env_name: str = f.metadata["env"]
+            raw = os.environ.get(env_name)
             if raw is None or raw == "":
                 continue
             kind = {"int": int, "float": float}.get(str(f.type), str)

@@ -11,6 +11,7 @@ import logging
 import sys
 import time
 import uuid
+from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
@@ -44,7 +45,7 @@ _PHI_KEYS = frozenset(
 )
 
 
-def _drop_phi(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+def _drop_phi(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     for key in _PHI_KEYS.intersection(event):
         event[key] = "[redacted]"
     return event

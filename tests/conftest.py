@@ -138,10 +138,23 @@ def make_key(sessions: Any) -> Any:
 
 
 @pytest.fixture
-def empty_db(sessions: Any) -> None:
-    """Start from no assessments (for tests that read whole listings)."""
+def empty_db(sessions: Any, pipeline: Any) -> None:
+    """Start from no assessments (for tests that read whole listings), once earlier tests'
+    reports have all been scored, so none lands in the listing later."""
+    from sqlalchemy import func, select
+
     from shared.models import Assessment, AuditEvent, IdempotencyRecord, OutboxMessage, TriageResult
 
+    def settled() -> bool:
+        with sessions() as session:
+            pending = session.scalar(
+                select(func.count()).select_from(Assessment).where(
+                    Assessment.status.in_(("queued", "scoring"))
+                )
+            )
+        return pending == 0
+
+    wait_until(settled, 60, "earlier tests' reports to be scored")
     with transaction(sessions) as session:
         for model in (TriageResult, OutboxMessage, IdempotencyRecord, AuditEvent, Assessment):
             session.execute(delete(model))

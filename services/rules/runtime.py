@@ -56,6 +56,6 @@ def publish_event(event_type: str, data: dict[str, Any]) -> None:
 
 def after_fork() -> None:
     """Drop connections inherited from the parent; keep the (immutable) loaded rule set."""
-    kept = {key: _state[key] for key in ("settings", "ruleset") if key in _state}
+    kept: dict[str, Any] = {key: _state[key] for key in ("settings", "ruleset") if key in _state}
     _state.clear()
     _state.update(kept)

@@ -78,7 +78,9 @@ def score_assessment(
 
 def _store(session: Session, assessment_id: str, result: dict[str, Any]) -> None:
     assessment = repository.get_assessment(session, assessment_id)
-    assert assessment is not None
+    if assessment is None:  # deleted while the engine ran (erasure request, test clean-up)
+        log.warning("score.assessment_deleted", assessment_id=assessment_id)
+        return
     previous = repository.current_result(session, assessment_id)
     if previous is not None:
         previous.current = False
