@@ -11,7 +11,9 @@ from typing import Any
 
 import pytest
 import redis
-from sqlalchemy import delete, text
+from sqlalchemy import create_engine, delete, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ProgrammingError
 
 from services.intake.app import create_app as create_intake
 from services.reporting.app import create_app as create_reporting
@@ -45,10 +47,37 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def database_url(run_dir: Path) -> str:
-    url = os.environ.get("DATABASE_URL") or f"sqlite:///{run_dir / 'test.db'}"
-    _reset_database(url)
-    return url
+def database_url(run_dir: Path) -> Iterator[str]:
+    """SQLite in the run folder, or, with DATABASE_URL on PostgreSQL, a fresh database of this
+    session's own on that server (so parallel runs never share tables), dropped at the end."""
+    url = os.environ.get("DATABASE_URL")
+    if not url:
+        url = f"sqlite:///{run_dir / 'test.db'}"
+        _reset_database(url)
+        yield url
+        return
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "postgresql":
+        _reset_database(url)
+        yield url
+        return
+    name = f"{parsed.database}_t{os.getpid()}"
+    admin = create_engine(parsed, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except ProgrammingError:  # no CREATEDB right: use the given database as it is
+        admin.dispose()
+        _reset_database(url)
+        yield url
+        return
+    session_url = parsed.set(database=name).render_as_string(hide_password=False)
+    upgrade_database(session_url)
+    yield session_url
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
 
 
 @pytest.fixture(scope="session")

@@ -152,6 +152,9 @@ class TriageResultOut(Schema):
     considerations = fields.List(fields.String(), required=True)
     advice = fields.List(fields.String(), required=True)
     ruleset_version = fields.String(required=True)
+    # Additions beyond the contract's example: what the engine matched and what it could not read.
+    benign_patterns = fields.List(fields.String())
+    risk_modifiers = fields.List(fields.String())
+    medication_classes = fields.Dict(keys=fields.String(), values=fields.List(fields.String()))
+    condition_classes = fields.Dict(keys=fields.String(), values=fields.List(fields.String()))
     not_understood = fields.Dict(keys=fields.String(), values=fields.List(fields.String()))
-    medication_classes = fields.List(fields.String())
-    condition_classes = fields.List(fields.String())

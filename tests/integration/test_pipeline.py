@@ -33,6 +33,9 @@ def test_contract_example_is_scored_with_an_explained_result(
         assert flag["because"] and flag["source"]
     assert 0 <= result["priority"] <= 100
     assert result["ruleset_version"]
+    # Free-text medicines and conditions are mapped to classes, and shown as written.
+    assert result["medication_classes"] == {"statin": ["atorvastatin 20 mg"]}
+    assert result["condition_classes"] == {"diabetes": ["type 2 diabetes"]}
     # The contract example leaves most safety questions unasked: the nurse's next questions.
     assert "face_drooping" in result["unanswered_safety_questions"]
 
