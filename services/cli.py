@@ -4,6 +4,9 @@ myotriage run                         everything locally on embedded defaults
 myotriage db upgrade                  apply database migrations
 myotriage api-key create NAME --scope assessments:write --scope reports:read
 myotriage api-key revoke ID_OR_PREFIX
+myotriage integration create NAME [--scope assessments:write]   an EHR that sends webhooks
+myotriage integration add-secret ID [--expire-others-in-hours H]   rotate its signing secret
+myotriage integration list
 myotriage relay                       run the outbox relay
 myotriage rescore [--id ID ...|--all] re-score under the current rule set (keeps old results)
 myotriage evaluate FILE.jsonl         the rule engine against vignettes
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 from shared.config import Settings
 
@@ -52,6 +56,67 @@ def _api_key_revoke(args: argparse.Namespace) -> int:
         done = revoke_api_key(session, args.key)
     print("revoked" if done else "no such active key")
     return 0 if done else 1
+
+
+def _integration_sessions() -> Any:
+    from shared.db import make_engine, make_session_factory
+
+    return make_session_factory(make_engine(Settings.from_env().database_url))
+
+
+def _integration_create(args: argparse.Namespace) -> int:
+    from services.intake import ehr_integrations
+    from shared.db import transaction
+
+    try:
+        with transaction(_integration_sessions()) as session:
+            row, _, secret = ehr_integrations.create_integration(
+                session, args.name, args.scope or list(ehr_integrations.DEFAULT_SCOPES)
+            )
+    except ehr_integrations.IntegrationError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"id:      {row.id}\nname:    {row.name}\nscopes:  {' '.join(row.scopes)}")
+    print(f"webhook: POST /v1/webhooks/ehr/{row.id}\nsecret:  {secret}")
+    print("Give the secret to the sender now: it is not shown again.", file=sys.stderr)
+    return 0
+
+
+def _integration_add_secret(args: argparse.Namespace) -> int:
+    from datetime import timedelta
+
+    from services.intake import ehr_integrations
+    from shared.db import transaction
+
+    hours = args.expire_others_in_hours
+    with transaction(_integration_sessions()) as session:
+        integration = ehr_integrations.get_integration(session, args.id)
+        if integration is None:
+            print("error: no integration has this id", file=sys.stderr)
+            return 1
+        row, secret = ehr_integrations.add_secret(
+            session,
+            integration,
+            expire_others_in=timedelta(hours=hours) if hours is not None else None,
+        )
+    print(f"secret id: {row.id}\nsecret:    {secret}")
+    print("Give the secret to the sender now: it is not shown again.", file=sys.stderr)
+    return 0
+
+
+def _integration_list(_: argparse.Namespace) -> int:
+    from services.intake import ehr_integrations
+
+    with _integration_sessions()() as session:
+        for integration in ehr_integrations.list_integrations(session):
+            view = ehr_integrations.describe(integration)
+            state = "disabled" if view["disabled_at"] else "enabled"
+            active = sum(1 for s in view["secrets"] if s["active"])
+            print(
+                f"{view['id']}  {view['name']}  {state}  scopes={','.join(view['scopes'])}  "
+                f"active_secrets={active}"
+            )
+    return 0
 
 
 def _relay(_: argparse.Namespace) -> int:
@@ -106,6 +171,27 @@ def build_parser() -> argparse.ArgumentParser:
     revoke = keys.add_parser("revoke", help="revoke a key by id or prefix")
     revoke.add_argument("key")
     revoke.set_defaults(func=_api_key_revoke)
+
+    integrations = sub.add_parser(
+        "integration", help="EHR integrations that send signed webhooks"
+    ).add_subparsers(dest="integrations", required=True)
+    integration_create = integrations.add_parser(
+        "create", help="register an integration (its secret is printed once)"
+    )
+    integration_create.add_argument("name")
+    integration_create.add_argument(
+        "--scope", action="append", help="default assessments:write; repeat"
+    )
+    integration_create.set_defaults(func=_integration_create)
+    add_secret = integrations.add_parser("add-secret", help="add a signing secret (rotation)")
+    add_secret.add_argument("id")
+    add_secret.add_argument(
+        "--expire-others-in-hours",
+        type=float,
+        help="the current secrets stop working after this many hours (default: never)",
+    )
+    add_secret.set_defaults(func=_integration_add_secret)
+    integrations.add_parser("list", help="list integrations").set_defaults(func=_integration_list)
 
     sub.add_parser("relay", help="run the outbox relay").set_defaults(func=_relay)
 

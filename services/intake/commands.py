@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -67,53 +68,62 @@ def accept_assessment(
     links: Any,
     idempotency_key: str | None = None,
     idempotency_ttl: timedelta = timedelta(hours=24),
+    request_fingerprint: str | None = None,
+    extra_rows: Callable[[Session, str], None] | None = None,
 ) -> Accepted:
     """Validate `body` and store it as a queued assessment with its outbox row, atomically.
 
     `links(assessment_id) -> (location, links dict)` builds the URLs. With an idempotency key,
     a repeat of the same body returns the first answer; a different body is a 422.
+    `request_fingerprint` overrides what "the same body" means (a FHIR caller's original
+    resource rather than the report mapped from it); `extra_rows(session, assessment_id)` adds
+    rows that belong with the assessment (the FHIR original) in the same transaction.
     """
     report = validate_report(body)
-    request_hash = fingerprint(body)
+    request_hash = request_fingerprint or fingerprint(body)
     not_before = utcnow() - idempotency_ttl
-    if idempotency_key:
-        replay = _replay(sessions, caller_id, idempotency_key, request_hash, not_before)
-        if replay is not None:
-            return replay
-    try:
-        with transaction(sessions) as session:
-            if idempotency_key:
-                repository.delete_expired_idempotency_record(
-                    session, caller_id, idempotency_key, not_before
+    # Optimistic: store first and let the unique (caller, key) constraint detect a repeat, so a
+    # first request with a key costs one transaction, not a lookup as well.
+    for first_try in (True, False):
+        try:
+            with transaction(sessions) as session:
+                assessment = repository.add_assessment(
+                    session, report, source=source, submitted_by=caller_id
                 )
-            assessment = repository.add_assessment(
-                session, report, source=source, submitted_by=caller_id
-            )
-            location, link_map = links(assessment.id)
-            response = {"id": assessment.id, "status": "queued", "links": link_map}
-            if idempotency_key:
-                session.add(
-                    IdempotencyRecord(
-                        api_key_id=caller_id,
-                        key=idempotency_key,
-                        request_fingerprint=request_hash,
-                        status_code=202,
-                        response_body=response,
-                        location=location,
+                if extra_rows is not None:
+                    extra_rows(session, assessment.id)
+                location, link_map = links(assessment.id)
+                response = {"id": assessment.id, "status": "queued", "links": link_map}
+                if idempotency_key:
+                    session.add(
+                        IdempotencyRecord(
+                            api_key_id=caller_id,
+                            key=idempotency_key,
+                            request_fingerprint=request_hash,
+                            status_code=202,
+                            response_body=response,
+                            location=location,
+                        )
                     )
-                )
-    except IntegrityError:
-        # A concurrent request with the same key committed first: answer as it was answered.
-        if idempotency_key:
+        except IntegrityError:
+            if not idempotency_key:
+                raise
+            # The key was used before (or a concurrent request with it committed first).
             replay = _replay(sessions, caller_id, idempotency_key, request_hash, not_before)
             if replay is not None:
                 return replay
+            if first_try:  # the earlier use has expired: forget it and store afresh
+                with transaction(sessions) as session:
+                    repository.delete_expired_idempotency_record(
+                        session, caller_id, idempotency_key, not_before
+                    )
+                continue
             raise Problem(
                 409, "Conflict", "A request with this Idempotency-Key is in progress."
             ) from None
-        raise
-    log.info("assessment.accepted", assessment_id=assessment.id, source=source)
-    return Accepted(202, response, location)
+        log.info("assessment.accepted", assessment_id=assessment.id, source=source)
+        return Accepted(202, response, location)
+    raise AssertionError("unreachable")
 
 
 def _replay(

@@ -161,3 +161,23 @@ def test_health_and_metrics(intake: Any, auth: Any) -> None:
     metrics = intake.get("/metrics").get_data(as_text=True)
     assert 'myotriage_http_requests_total{method="POST",route="/v1/assessments"' in metrics
     assert "MRN-" not in metrics
+
+
+def test_an_expired_idempotency_key_can_be_used_again(
+    intake: Any, auth: Any, sessions: Any
+) -> None:
+    from datetime import timedelta
+
+    from shared.db import transaction
+    from shared.models import IdempotencyRecord, utcnow
+
+    headers = {**auth, "Idempotency-Key": "expired-key-1"}
+    first = intake.post("/v1/assessments", json=report(), headers=headers)
+    with transaction(sessions) as session:
+        session.query(IdempotencyRecord).filter(IdempotencyRecord.key == "expired-key-1").update(
+            {"created_at": utcnow() - timedelta(days=3)}
+        )
+    again = intake.post("/v1/assessments", json=report(onset_days=2), headers=headers)
+    assert again.status_code == 202
+    assert again.get_json()["id"] != first.get_json()["id"]
+    assert "Idempotent-Replayed" not in again.headers

@@ -1,0 +1,229 @@
+"""`POST /v1/webhooks/ehr/<integration>`: signed symptom reports from EHRs (Standard Webhooks).
+
+The integration is named in the path (its id or name), or, for senders that can only be given
+one URL, in a `webhook-integration` header on `POST /v1/webhooks/ehr`. The body is a v1
+symptom report or a FHIR QuestionnaireResponse for the intake Questionnaire.
+
+The webhook-id is the idempotency key, scoped to the integration: a redelivery (same id, same
+body) gets the first answer and stores nothing new; the same id with another body is a 409.
+Errors about the envelope (headers, signature, replay, content type) are problem+json; errors
+about a FHIR body's content are an OperationOutcome. Logs carry ids and reason codes only.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any, NoReturn
+
+import structlog
+from flask import Response, current_app, json, request
+from flask_smorest import Blueprint
+
+from services.intake.api.fhir import (
+    accept_questionnaire_response,
+    accepted_links,
+    accepted_response,
+    outcome_response,
+)
+from services.intake.commands import Accepted, accept_assessment, fingerprint
+from services.intake.fhir_questionnaire import QuestionnaireResponseRefused
+from services.intake.webhook_verification import (
+    BAD_SIGNATURE,
+    WebhookHeaders,
+    WebhookRejected,
+    WebhookSenders,
+    check_timestamp,
+)
+from shared.problems import Problem
+from shared.web import sessions, settings_of
+
+log = structlog.get_logger("myotriage.intake.webhooks")
+INTEGRATION_HEADER = "webhook-integration"
+WEBHOOK_SCOPE = "assessments:write"
+_MISSING_INTEGRATION = (
+    "Name the integration: POST /v1/webhooks/ehr/<integration id>, or send the "
+    f"'{INTEGRATION_HEADER}' header."
+)
+_TITLES = {
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    409: "Conflict",
+    415: "Unsupported Media Type",
+    422: "Unprocessable Content",
+}
+
+blp = Blueprint(
+    "webhooks",
+    __name__,
+    url_prefix="/v1/webhooks",
+    description="Signed webhooks from EHRs (Standard Webhooks): a v1 symptom report or a FHIR "
+    "QuestionnaireResponse. See docs/INTEGRATION.md.",
+)
+
+_SIGNED = ("webhook-id", "webhook-timestamp", "webhook-signature")
+_SIGNED_HEADERS = [
+    {"in": "header", "name": name, "required": True, "schema": {"type": "string"}}
+    for name in _SIGNED
+]
+
+
+def webhook_senders() -> WebhookSenders:
+    """The app's directory of integrations that may send webhooks (created on first use)."""
+    senders = current_app.extensions.get("myotriage.webhook_senders")
+    if senders is None:
+        senders = WebhookSenders(sessions(), settings_of().api_key_cache_seconds)
+        current_app.extensions["myotriage.webhook_senders"] = senders
+    return senders  # type: ignore[no-any-return]
+
+
+@blp.route("/ehr/<string:integration_ref>", methods=["POST"])
+@blp.doc(parameters=_SIGNED_HEADERS)
+def receive_for_integration(integration_ref: str) -> Response:
+    """Receive a signed report for the integration with this id (or name)."""
+    return _receive(integration_ref)
+
+
+@blp.route("/ehr", methods=["POST"])
+@blp.doc(
+    parameters=[
+        *_SIGNED_HEADERS,
+        {
+            "in": "header",
+            "name": INTEGRATION_HEADER,
+            "required": True,
+            "schema": {"type": "string"},
+        },
+    ]
+)
+def receive() -> Response:
+    """Receive a signed report; the integration (id or name) is in `webhook-integration`."""
+    integration_ref = request.headers.get(INTEGRATION_HEADER, "").strip()
+    if not integration_ref:
+        _reject(None, None, WebhookRejected(400, "missing_integration", _MISSING_INTEGRATION))
+    return _receive(integration_ref)
+
+
+def _reject(integration_id: str | None, webhook_id: str | None, why: WebhookRejected) -> NoReturn:
+    """Log the refusal (ids and a reason code, never the body) and answer it as problem+json."""
+    log.warning(
+        "webhook.rejected",
+        reason=why.reason,
+        status=why.status,
+        integration_id=integration_id,
+        webhook_id=webhook_id,
+    )
+    raise Problem(
+        why.status,
+        _TITLES.get(why.status, "Bad Request"),
+        why.detail,
+        problem_type=f"webhook-{why.reason.replace('_', '-')}",
+    )
+
+
+def _receive(integration_ref: str) -> Response:
+    try:
+        headers = WebhookHeaders.read({name: request.headers.get(name, "") for name in _SIGNED})
+    except WebhookRejected as why:
+        _reject(None, None, why)
+    webhook_id = headers.webhook_id
+    try:
+        # Time first, then the integration: a stale or unknown sender learns nothing more.
+        check_timestamp(headers)
+        sender = webhook_senders().find(integration_ref)
+        if sender is None:
+            raise BAD_SIGNATURE
+        raw_body = request.get_data(cache=True)
+        sender.verify(raw_body, headers)
+    except WebhookRejected as why:
+        _reject(None, webhook_id, why)
+    integration_id = sender.integration_id
+    if WEBHOOK_SCOPE not in sender.scopes and "admin" not in sender.scopes:
+        _reject(
+            integration_id,
+            webhook_id,
+            WebhookRejected(403, "scope", f"This integration lacks the '{WEBHOOK_SCOPE}' scope."),
+        )
+    if not request.is_json:
+        _reject(
+            integration_id,
+            webhook_id,
+            WebhookRejected(
+                415,
+                "content_type",
+                "Send 'Content-Type: application/json' (v1 report) or "
+                "'application/fhir+json' (QuestionnaireResponse).",
+            ),
+        )
+    try:
+        body = json.loads(raw_body)
+    except ValueError:
+        _reject(
+            integration_id,
+            webhook_id,
+            WebhookRejected(400, "malformed_json", "The body is not valid JSON."),
+        )
+    try:
+        accepted = _accept(body, integration_id, webhook_id)
+    except QuestionnaireResponseRefused as refused:
+        log.warning(
+            "webhook.rejected",
+            reason="questionnaire_response",
+            status=refused.status,
+            integration_id=integration_id,
+            webhook_id=webhook_id,
+        )
+        return outcome_response(refused.issues, refused.status)
+    except Problem as problem:
+        if problem.problem_type == "idempotency-key-reused":
+            _reject(
+                integration_id,
+                webhook_id,
+                WebhookRejected(
+                    409,
+                    "webhook_id_reused",
+                    "This webhook-id was already delivered with a different body. Give each "
+                    "new message its own webhook-id; resend the same body to retry.",
+                ),
+            )
+        log.warning(
+            "webhook.rejected",
+            reason=problem.problem_type or "problem",
+            status=problem.status,
+            integration_id=integration_id,
+            webhook_id=webhook_id,
+        )
+        raise
+    log.info(
+        "webhook.redelivered" if accepted.replayed else "webhook.accepted",
+        integration_id=integration_id,
+        webhook_id=webhook_id,
+        assessment_id=accepted.body.get("id"),
+    )
+    return accepted_response(accepted)
+
+
+def _accept(body: Any, integration_id: str, webhook_id: str) -> Accepted:
+    kind = body.get("resourceType") if isinstance(body, dict) else None
+    if kind == "QuestionnaireResponse":
+        return accept_questionnaire_response(
+            body, source="webhook", caller_id=integration_id, idempotency_key=webhook_id
+        )
+    if kind is not None:
+        raise Problem(
+            422,
+            "Unprocessable Content",
+            f"A webhook carries a v1 symptom report or a QuestionnaireResponse, not a "
+            f"{str(kind)[:40]}.",
+            problem_type="webhook-unsupported-body",
+        )
+    return accept_assessment(
+        sessions(),
+        body,
+        source="webhook",
+        caller_id=integration_id,
+        links=lambda assessment_id: accepted_links(assessment_id, with_fhir=False),
+        idempotency_key=webhook_id,
+        idempotency_ttl=timedelta(hours=settings_of().idempotency_ttl_hours),
+        request_fingerprint=fingerprint(body),
+    )
