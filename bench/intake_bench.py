@@ -1,6 +1,7 @@
 """Intake throughput against the bare-Flask ceiling, and end-to-end time from POST to scored.
 
-    .venv/bin/python bench/intake_bench.py [--seconds 10] [--rounds 3] [--rate 100] [--e2e-seconds 10]
+    .venv/bin/python bench/intake_bench.py [--seconds 10] [--rounds 3] [--rate 100]
+                                           [--e2e-seconds 10]
 
 Needs `wrk` (apt-get install wrk). Uses DATABASE_URL if set (PostgreSQL), else SQLite in a temp
 dir; always a private redis-server. Both apps run under gunicorn with 4 sync workers, like the
@@ -111,21 +112,19 @@ def main() -> None:
     db = "postgresql" if stack.database_url.startswith("postgresql") else "sqlite"
     bare, ours = figures["bare"], figures["intake"]
     print(
-        f"database: {db}; gunicorn sync x4; wrk -t2 -c32, {args.rounds} rounds x {args.seconds} s, medians"
+        f"database: {db}; gunicorn sync x4; wrk -t2 -c32; {args.rounds} x {args.seconds} s; medians"
     )
     print(f"{'endpoint':<28}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}")
-    print(
-        f"{'bare Flask (ceiling)':<28}{bare['rps']:>10.0f}{bare['p50_ms']:>10.2f}{bare['p99_ms']:>10.2f}"
-    )
-    print(
-        f"{'intake POST /v1/assessments':<28}{ours['rps']:>10.0f}{ours['p50_ms']:>10.2f}{ours['p99_ms']:>10.2f}"
-    )
+    for label, row in (("bare Flask (ceiling)", bare), ("intake POST /v1/assessments", ours)):
+        print(f"{label:<28}{row['rps']:>10.0f}{row['p50_ms']:>10.2f}{row['p99_ms']:>10.2f}")
     print(f"ratio intake / ceiling: {ours['rps'] / bare['rps']:.2f} (target >= 0.50)")
     print(
         f"end to end at {e2e['rate']:.0f}/s for {args.e2e_seconds:.0f} s "
-        f"({e2e['count']} reports, {e2e['scored']} scored, achieved {e2e['achieved_rate']:.0f}/s): "
+        f"({e2e['count']} reports, {e2e['scored']} scored, "
+        f"achieved {e2e['achieved_rate']:.0f}/s): "
         f"POST p50 {e2e['post_p50_ms']:.1f} ms p99 {e2e['post_p99_ms']:.1f} ms; "
-        f"POST->scored p50 {e2e['e2e_p50_ms']:.1f} ms p99 {e2e['e2e_p99_ms']:.1f} ms (target p99 < 250)"
+        f"POST->scored p50 {e2e['e2e_p50_ms']:.1f} ms p99 {e2e['e2e_p99_ms']:.1f} ms "
+        "(target p99 < 250)"
     )
 
 

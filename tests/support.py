@@ -19,7 +19,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 class RedisServer:
-    """A redis-server this test run owns, on a spare loopback port; it can be stopped and restarted."""
+    """A redis-server the tests own, on a spare loopback port; it can be stopped and restarted."""
 
     def __init__(self, workdir: Path, port: int | None = None, appendonly: bool = False) -> None:
         binary = find_redis_server()

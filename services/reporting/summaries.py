@@ -99,7 +99,9 @@ def clinician_summary(
             for a in history
             if a.id != assessment.id
         ],
-        "disclaimer": "Decision support, not a diagnosis: considerations are possibilities to review.",
+        "disclaimer": (
+            "Decision support, not a diagnosis: considerations are possibilities to review."
+        ),
     }
 
 

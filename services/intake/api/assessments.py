@@ -83,7 +83,8 @@ class Assessments(MethodView):
                 "name": "Idempotency-Key",
                 "required": False,
                 "schema": {"type": "string", "maxLength": 255},
-                "description": "Same key + same body returns the first answer; a different body is a 422.",
+                "description": "Same key + same body: the first answer again. "
+                "Same key + different body: 422.",
             }
         ],
     )
