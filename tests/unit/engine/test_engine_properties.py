@@ -1,0 +1,136 @@
+"""Safety properties over generated reports (hypothesis)."""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+import pytest
+from engine_testing import reports
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from shared.vocabulary import LEVEL_RANK, SAFETY_QUESTIONS, TRIAGE_LEVELS
+
+PROFILE = settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+
+
+def _rank(ruleset: Any, report: dict[str, Any]) -> int:
+    return LEVEL_RANK[ruleset.score(report)["triage"]]
+
+
+def test_red_flag_findings_include_every_safety_question_and_key_alarms(ruleset) -> None:
+    assert set(SAFETY_QUESTIONS) <= ruleset.red_flag_findings
+    assert {
+        "head_lift_weakness",
+        "unable_to_stand_or_walk",
+        "calf_swelling_one_side",
+        "muscle_wasting",
+        "ascending_weakness",
+        "mottled_skin",
+    } <= ruleset.red_flag_findings
+
+
+@PROFILE
+@given(report=reports(), data=st.data())
+def test_adding_a_red_flag_finding_never_lowers_the_level(ruleset, report, data) -> None:
+    finding = data.draw(st.sampled_from(sorted(ruleset.red_flag_findings)))
+    before = _rank(ruleset, report)
+    added = copy.deepcopy(report)
+    added["findings"][finding] = True
+    assert _rank(ruleset, added) >= before
+
+
+@PROFILE
+@given(report=reports(), data=st.data(), to=st.sampled_from([False, None]))
+def test_removing_a_red_flag_finding_never_raises_the_level(ruleset, report, data, to) -> None:
+    finding = data.draw(st.sampled_from(sorted(ruleset.red_flag_findings)))
+    report["findings"][finding] = True
+    before = _rank(ruleset, report)
+    removed = copy.deepcopy(report)
+    if to is None:
+        del removed["findings"][finding]
+    else:
+        removed["findings"][finding] = False
+    assert _rank(ruleset, removed) <= before
+
+
+@PROFILE
+@given(report=reports())
+def test_any_valid_report_scores_without_error(ruleset, report) -> None:
+    result = ruleset.score(report)
+    assert result["triage"] in TRIAGE_LEVELS
+    low, high = ruleset.priority_bands[result["triage"]]
+    assert low <= result["priority"] <= high
+    assert json.loads(json.dumps(result)) == result
+    assert result["unanswered_safety_questions"] == [
+        q for q in SAFETY_QUESTIONS if report["findings"].get(q) is None
+    ]
+
+
+@PROFILE
+@given(report=reports(), data=st.data())
+def test_an_unknown_safety_answer_never_yields_self_care(ruleset, report, data) -> None:
+    question = data.draw(st.sampled_from(SAFETY_QUESTIONS))
+    report["findings"].pop(question, None)
+    assert ruleset.score(report)["triage"] != "self_care"
+
+
+@PROFILE
+@given(report=reports())
+def test_self_care_only_without_fired_rules_and_with_all_safety_answers_no(ruleset, report) -> None:
+    result = ruleset.score(report)
+    if result["triage"] == "self_care":
+        assert result["red_flags"] == []
+        assert all(report["findings"].get(q) is False for q in SAFETY_QUESTIONS)
+        assert result["benign_patterns"]
+        assert any("not improved after a few days" in a for a in result["advice"])
+
+
+@PROFILE
+@given(report=reports())
+def test_improving_never_lowers_a_no_downgrade_rule(ruleset, report) -> None:
+    result = ruleset.score(report)
+    guarded = {r.id: r.level for r in ruleset.rules if r.no_downgrade}
+    floor = max(
+        (LEVEL_RANK[guarded[f["id"]]] for f in result["red_flags"] if f["id"] in guarded), default=0
+    )
+    better = copy.deepcopy(report)
+    better["course"] = "improving"
+    better["improves_with_rest"] = True
+    assert _rank(ruleset, better) >= floor
+
+
+@PROFILE
+@given(
+    report=reports(), risk=st.sampled_from(["age", "pregnant", "diabetes", "immuno", "myasthenia"])
+)
+def test_a_risk_modifier_never_lowers_the_level(ruleset, report, risk) -> None:
+    before = _rank(ruleset, report)
+    risky = copy.deepcopy(report)
+    if risk == "age":
+        risky["patient"]["age"] = max(risky["patient"]["age"], 70)
+    elif risk == "pregnant":
+        risky["patient"]["pregnant"] = True
+    elif risk == "diabetes":
+        risky["conditions"].append("type 2 diabetes")
+    elif risk == "immuno":
+        risky["medications"].append("methotrexate")
+    else:
+        risky["conditions"].append("myasthenia gravis")
+    assert _rank(ruleset, risky) >= before
+
+
+@pytest.mark.parametrize("interpreter", ["tree", "qubit", "panzi"])
+def test_compiled_and_interpreted_conditions_agree(ruleset, interpreter) -> None:
+    interpreted = ruleset.with_interpreter(interpreter)
+
+    @settings(max_examples=100, deadline=None)
+    @given(report=reports())
+    def check(report: dict[str, Any]) -> None:
+        assert interpreted.score(report) == ruleset.score(report)
+
+    check()
