@@ -140,6 +140,9 @@ class RedFlagOut(Schema):
     because = fields.List(fields.String(), required=True)
     source = fields.String(required=True)
     note = fields.String(allow_none=True)
+    # red_flag, combination or safety_screen; aliases are older ids some callers use.
+    kind = fields.String()
+    aliases = fields.List(fields.String())
 
 
 class TriageResultOut(Schema):
