@@ -87,13 +87,13 @@ def accept_assessment(
     for first_try in (True, False):
         try:
             with transaction(sessions) as session:
-                assessment = repository.add_assessment(
+                assessment_id = repository.add_assessment(
                     session, report, source=source, submitted_by=caller_id
                 )
                 if extra_rows is not None:
-                    extra_rows(session, assessment.id)
-                location, link_map = links(assessment.id)
-                response = {"id": assessment.id, "status": "queued", "links": link_map}
+                    extra_rows(session, assessment_id)
+                location, link_map = links(assessment_id)
+                response = {"id": assessment_id, "status": "queued", "links": link_map}
                 if idempotency_key:
                     session.add(
                         IdempotencyRecord(
@@ -121,7 +121,7 @@ def accept_assessment(
             raise Problem(
                 409, "Conflict", "A request with this Idempotency-Key is in progress."
             ) from None
-        log.info("assessment.accepted", assessment_id=assessment.id, source=source)
+        log.info("assessment.accepted", assessment_id=assessment_id, source=source)
         return Accepted(202, response, location)
     raise AssertionError("unreachable")
 
