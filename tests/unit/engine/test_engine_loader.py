@@ -12,6 +12,10 @@ from engine_testing import RULESET_DIR
 from services.rules.engine import RuleSetError, load_ruleset
 
 DOMS_ONSET = '"<=": [{var: onset_days}, 3]'
+# A version bump without a changelog entry must be refused, whatever the current version is.
+CURRENT_VERSION = re.search(
+    r'^version: "([^"]+)"', (RULESET_DIR / "ruleset.yaml").read_text(), flags=re.M
+).group(1)  # type: ignore[union-attr]
 
 
 @pytest.fixture
@@ -188,8 +192,8 @@ def test_every_rule_cites_a_source_and_every_clinical_table_rule_exists(ruleset)
         ),
         (
             "ruleset.yaml",
-            'version: "2026.11.1"',
-            'version: "2026.11.2"',
+            f'version: "{CURRENT_VERSION}"',
+            'version: "2099.1.1"',
             "file CHANGELOG.md: latest entry",
         ),
         (
