@@ -28,6 +28,7 @@ SCOPES = (
     "assessments:write",  # submit symptom reports
     "assessments:read",  # read an assessment's status and result
     "reports:read",  # clinician summaries and the triage queue
+    "callbacks:manage",  # subscribe to result callbacks, read their delivery log, replay
     "admin",  # manage keys, re-score under a new rule set
 )
 

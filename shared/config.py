@@ -70,6 +70,38 @@ class Settings:
     reporting_base_url: str = field(
         default="http://127.0.0.1:8001", metadata={"env": "MYOTRIAGE_REPORTING_URL"}
     )
+    # Outbound result callbacks (docs/INTEGRATION-OUTBOUND.md). Seconds to wait before each
+    # attempt, comma-separated: the first is the initial attempt, the count is the attempt limit.
+    callback_retry_schedule: str = field(
+        default="0,5,300,1800,7200,18000,36000,36000",
+        metadata={"env": "MYOTRIAGE_CALLBACK_RETRY_SCHEDULE"},
+    )
+    # Each retry delay is spread by ± this fraction, so failing receivers are not hit in waves.
+    callback_retry_jitter: float = field(
+        default=0.2, metadata={"env": "MYOTRIAGE_CALLBACK_RETRY_JITTER"}
+    )
+    # Short HTTP timeouts: a slow EHR endpoint holds one worker thread for at most their sum.
+    callback_connect_timeout: float = field(
+        default=3.0, metadata={"env": "MYOTRIAGE_CALLBACK_CONNECT_TIMEOUT"}
+    )
+    callback_read_timeout: float = field(
+        default=10.0, metadata={"env": "MYOTRIAGE_CALLBACK_READ_TIMEOUT"}
+    )
+    # How often the relay looks for deliveries whose retry time has come.
+    callback_dispatch_seconds: float = field(
+        default=1.0, metadata={"env": "MYOTRIAGE_CALLBACK_DISPATCH_SECONDS"}
+    )
+    # CDS Hooks: trusted EHR issuers as JSON, each with a JWKS URL or an inline JWKS:
+    # [{"iss": "https://ehr.example", "jwks_url": "https://ehr.example/.well-known/jwks.json"}]
+    cds_issuers: str = field(default="[]", metadata={"env": "MYOTRIAGE_CDS_ISSUERS"})
+    # How long a fetched JWKS is trusted before it is fetched again.
+    cds_jwks_cache_seconds: float = field(
+        default=300.0, metadata={"env": "MYOTRIAGE_CDS_JWKS_CACHE_SECONDS"}
+    )
+    # patient-view cards show the patient's latest scored assessment no older than this.
+    cds_lookback_days: int = field(default=30, metadata={"env": "MYOTRIAGE_CDS_LOOKBACK_DAYS"})
+    # Origins allowed to call the CDS Hooks and FHIR endpoints from a browser.
+    cors_origins: str = field(default="*", metadata={"env": "MYOTRIAGE_CORS_ORIGINS"})
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Settings:

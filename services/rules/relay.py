@@ -20,6 +20,7 @@ from celery import Celery
 from prometheus_client import Counter, Gauge
 from sqlalchemy.orm import Session, sessionmaker
 
+from services.rules.callbacks import queue_due_deliveries
 from shared import repository
 from shared.celery_app import create_celery
 from shared.config import Settings
@@ -52,6 +53,7 @@ class OutboxRelay:
         self.celery = celery_app or create_celery(settings, name="myotriage-relay")
         self._stop = threading.Event()
         self._last_stale_check = 0.0
+        self._last_callback_dispatch = 0.0
 
     def stop(self, *_: Any) -> None:
         self._stop.set()
@@ -93,6 +95,17 @@ class OutboxRelay:
             log.warning("outbox.republished_stale", count=count)
         return count
 
+    def dispatch_due_callbacks(self) -> int:
+        """Queue callback deliveries whose retry time has come; their outbox rows go out next.
+
+        Retry times live in the database (not in broker countdowns), so they survive restarts.
+        """
+        with transaction(self.sessions) as session:
+            count = queue_due_deliveries(session, utcnow(), self.settings.relay_batch_size)
+        if count:
+            log.info("callbacks.retries_queued", count=count)
+        return count
+
     def _publish(self, message: OutboxMessage) -> None:
         try:
             self.celery.send_task(
@@ -116,6 +129,9 @@ class OutboxRelay:
             try:
                 sent = self.publish_pending()
                 now = time.monotonic()
+                if now - self._last_callback_dispatch >= self.settings.callback_dispatch_seconds:
+                    self._last_callback_dispatch = now
+                    self.dispatch_due_callbacks()
                 if now - self._last_stale_check >= stale_every:
                     self._last_stale_check = now
                     self.republish_stale()

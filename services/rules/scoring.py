@@ -13,6 +13,7 @@ import structlog
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from services.rules.callbacks import enqueue_result_callbacks
 from services.rules.engine import RuleSet
 from shared import repository
 from shared.celery_app import SCORE_TASK
@@ -85,21 +86,22 @@ def _store(session: Session, assessment_id: str, result: dict[str, Any]) -> None
     if previous is not None:
         previous.current = False
         session.flush()
-    session.add(
-        TriageResult(
-            assessment_id=assessment_id,
-            ruleset_version=result["ruleset_version"],
-            triage_level=result["triage"],
-            priority=int(result["priority"]),
-            urgency=repository.urgency_of(result["triage"], int(result["priority"])),
-            current=True,
-            result=result,
-        )
+    triage_result = TriageResult(
+        assessment_id=assessment_id,
+        ruleset_version=result["ruleset_version"],
+        triage_level=result["triage"],
+        priority=int(result["priority"]),
+        urgency=repository.urgency_of(result["triage"], int(result["priority"])),
+        current=True,
+        result=result,
     )
+    session.add(triage_result)
     assessment.status = "scored"
     assessment.scored_at = utcnow()
     assessment.failure_reason = None
     repository.complete_outbox_messages(session, assessment_id, SCORE_TASK)
+    # Same transaction: a stored result always has its EHR callbacks queued, and vice versa.
+    enqueue_result_callbacks(session, assessment, triage_result)
 
 
 def _mark_done(sessions: sessionmaker[Session], assessment_id: str) -> None:

@@ -13,6 +13,7 @@ import structlog
 from celery.signals import worker_init, worker_process_init
 
 from services.rules import runtime
+from services.rules.callbacks import register_callback_tasks
 from services.rules.tasks import register_tasks
 from shared.celery_app import create_celery
 from shared.observability import configure_logging
@@ -22,6 +23,7 @@ log = structlog.get_logger("myotriage.rules")
 
 celery_app = create_celery(runtime.settings(), name="myotriage-rules")
 register_tasks(celery_app)
+register_callback_tasks(celery_app)
 app = celery_app  # `celery -A services.rules.worker` finds `app`
 
 

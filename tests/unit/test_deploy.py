@@ -26,6 +26,7 @@ def test_compose_names_every_service() -> None:
         "intake",
         "reporting",
         "worker",
+        "callback-worker",
         "relay",
     }
 
@@ -37,12 +38,12 @@ def test_redis_keeps_tasks_across_restarts_and_never_evicts() -> None:
 
 
 def test_app_services_wait_for_healthy_dependencies_and_migrations() -> None:
-    for name in ("intake", "reporting", "worker", "relay"):
+    for name in ("intake", "reporting", "worker", "callback-worker", "relay"):
         depends = services[name]["depends_on"]
         assert depends["postgres"]["condition"] == "service_healthy"
         assert depends["redis"]["condition"] == "service_healthy"
         assert depends["migrate"]["condition"] == "service_completed_successfully"
-    for name in ("postgres", "redis", "intake", "reporting", "worker"):
+    for name in ("postgres", "redis", "intake", "reporting", "worker", "callback-worker"):
         assert "healthcheck" in services[name], name
 
 
@@ -61,8 +62,15 @@ def test_worker_command_points_at_the_celery_app() -> None:
     assert command[:2] == ["celery", "-A"]
     module = importlib.import_module(command[2])
     assert "rules.score_assessment" in module.app.tasks
-    queues = command[command.index("-Q") + 1].split(",")
-    assert set(queues) == {q.name for q in module.app.conf.task_queues}
+    queues = set(command[command.index("-Q") + 1].split(","))
+    # Callbacks have their own worker, so a slow EHR endpoint never delays scoring.
+    callback_command = services["callback-worker"]["command"]
+    assert callback_command[:3] == command[:3]
+    assert "callbacks.deliver" in module.app.tasks
+    callback_queues = set(callback_command[callback_command.index("-Q") + 1].split(","))
+    assert callback_queues == {"callbacks"}
+    assert queues | callback_queues == {q.name for q in module.app.conf.task_queues}
+    assert not queues & callback_queues
 
 
 def test_cli_commands_in_compose_parse() -> None:

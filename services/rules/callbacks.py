@@ -1,0 +1,665 @@
+"""Outbound result callbacks: signed webhooks to subscribed EHR endpoints (Standard Webhooks).
+
+How a result reaches an EHR:
+
+1. `enqueue_result_callbacks` runs inside the scoring transaction: for each active subscription
+   whose event types match, it writes a `callback_deliveries` row (`pending`) and an outbox row
+   (task `callbacks.deliver`, queue `callbacks`). Scoring never waits on an EHR.
+2. The outbox relay publishes the task (task id = outbox id) to the `callbacks` queue, which a
+   separate worker consumes, so a slow EHR never holds up scoring.
+3. `deliver` claims the row (`delivering`, with a lease), POSTs the signed payload with short
+   timeouts, logs the attempt and moves the row on: `delivered`; `failed_retrying` with
+   `next_attempt_at` from the retry schedule (with jitter, never before `Retry-After`); `dead`
+   after the last attempt or on a non-retryable answer; `disabled` on `410 Gone`, which also
+   disables the subscription. It then marks its own outbox row completed.
+4. Retries live in the database, not in Celery countdowns: the relay calls
+   `queue_due_deliveries` every second, which turns due `failed_retrying` rows back into
+   `pending` with a fresh outbox row. A restart loses nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import requests
+import structlog
+from celery import Celery, Task
+from prometheus_client import Counter, Histogram
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+from standardwebhooks.webhooks import Webhook
+
+from shared.cds_models import (
+    DELIVERY_DEAD,
+    DELIVERY_DELIVERED,
+    DELIVERY_DELIVERING,
+    DELIVERY_DISABLED,
+    DELIVERY_PENDING,
+    DELIVERY_RETRYING,
+    FINAL_DELIVERY_STATUSES,
+    CallbackAttempt,
+    CallbackDelivery,
+    CallbackSubscription,
+)
+from shared.celery_app import CALLBACKS_QUEUE
+from shared.config import Settings
+from shared.db import transaction
+from shared.models import Assessment, OutboxMessage, TriageResult, new_id, utcnow
+
+log = structlog.get_logger("myotriage.callbacks")
+
+CALLBACK_TASK = "callbacks.deliver"
+EVENT_SCORED = "assessment.scored"
+EVENT_EMERGENCY = "assessment.emergency"
+EVENT_TYPES = (EVENT_SCORED, EVENT_EMERGENCY)
+EMERGENCY_LEVELS = frozenset({"emergency_ambulance", "emergency"})
+# Answers worth trying again; 410 disables; any other non-2xx is dead-lettered at once (the
+# same signed request will not start to succeed: the integrator fixes it and replays).
+RETRYABLE_STATUS = frozenset({408, 425, 429})
+MAX_RETRY_AFTER_SECONDS = 24 * 3600.0
+# A worker's hold on a `delivering` row outlasts its HTTP timeouts by this much.
+LEASE_MARGIN_SECONDS = 5.0
+MAX_RESPONSE_BYTES = 64 * 1024
+USER_AGENT = "MyoTriage-Webhooks/1.0"
+
+ATTEMPTS = Counter("myotriage_callback_attempts_total", "Callback HTTP attempts", ["outcome"])
+ATTEMPT_SECONDS = Histogram(
+    "myotriage_callback_attempt_seconds",
+    "Callback HTTP attempt duration",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+
+
+# ---- Retry policy -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """When to try, how long to wait for an answer, and how many tries before dead-lettering."""
+
+    schedule: tuple[float, ...]
+    jitter: float = 0.2
+    connect_timeout: float = 3.0
+    read_timeout: float = 10.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RetryPolicy:
+        return cls(
+            schedule=parse_schedule(settings.callback_retry_schedule),
+            jitter=settings.callback_retry_jitter,
+            connect_timeout=settings.callback_connect_timeout,
+            read_timeout=settings.callback_read_timeout,
+        )
+
+    @property
+    def max_attempts(self) -> int:
+        return len(self.schedule)
+
+    @property
+    def lease_seconds(self) -> float:
+        return self.connect_timeout + self.read_timeout + LEASE_MARGIN_SECONDS
+
+    def delay_after(
+        self,
+        attempts_made: int,
+        retry_after: float | None = None,
+        rand: Callable[[], float] = random.random,
+    ) -> float | None:
+        """Seconds to wait after `attempts_made` failed tries; None when no try is left.
+
+        The scheduled delay is spread by ± `jitter` so that receivers that failed together are
+        not retried together, and never ends before the receiver's `Retry-After`.
+        """
+        if attempts_made >= len(self.schedule):
+            return None
+        delay = self.schedule[attempts_made] * (1 + self.jitter * (2 * rand() - 1))
+        if retry_after is not None:
+            delay = max(delay, min(retry_after, MAX_RETRY_AFTER_SECONDS))
+        return max(0.0, delay)
+
+
+def parse_schedule(text: str) -> tuple[float, ...]:
+    """`"0,5,300"` → (0.0, 5.0, 300.0); at least one non-negative delay."""
+    try:
+        delays = tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError as exc:
+        raise ValueError(f"callback retry schedule {text!r} is not a list of seconds") from exc
+    if not delays or any(d < 0 for d in delays):
+        raise ValueError(f"callback retry schedule {text!r} needs non-negative delays")
+    return delays
+
+
+def parse_retry_after(value: str | None, now: datetime) -> float | None:
+    """Seconds from a `Retry-After` header (delta-seconds or an HTTP date); None if unusable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        moment = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return max(0.0, (moment - now).total_seconds())
+
+
+# ---- Payloads and signatures ------------------------------------------------------------------
+
+
+def callback_payload(
+    event_type: str,
+    assessment: Assessment,
+    result: TriageResult,
+    settings: Settings,
+    *,
+    include_fhir: bool = False,
+    amended: bool = False,
+) -> dict[str, Any]:
+    """The thin event body: ids, level, codes and links. No free text, no patient data but ids."""
+    intake, reporting = settings.intake_base_url, settings.reporting_base_url
+    data: dict[str, Any] = {
+        "assessment_id": assessment.id,
+        "result_id": result.id,
+        "triage": result.triage_level,
+        "priority": result.priority,
+        "ruleset_version": result.ruleset_version,
+        "red_flags": [flag["id"] for flag in result.result.get("red_flags", [])],
+        "links": {
+            "assessment": f"{intake}/v1/assessments/{assessment.id}",
+            "report": f"{reporting}/v1/reports/assessments/{assessment.id}",
+            "risk_assessment": f"{reporting}/fhir/RiskAssessment/{assessment.id}",
+            "detected_issues": f"{reporting}/fhir/DetectedIssue?assessment={assessment.id}",
+        },
+    }
+    if include_fhir:
+        # Imported here: the FHIR models are heavy and most subscribers do not ask for them.
+        from services.reporting.fhir_results import ScoredAssessment, result_bundle
+
+        data["fhir"] = result_bundle(
+            ScoredAssessment.from_rows(assessment, result, amended=amended), reporting
+        )
+    return {"type": event_type, "timestamp": _iso(result.created_at), "data": data}
+
+
+def payload_body(payload: dict[str, Any]) -> str:
+    """The exact text sent and signed (compact JSON)."""
+    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
+
+
+def signed_headers(secret: str, delivery_id: str, body: str, at: datetime) -> dict[str, str]:
+    """Standard Webhooks headers: `webhook-id`, `webhook-timestamp`, `webhook-signature`."""
+    return {
+        "webhook-id": delivery_id,
+        "webhook-timestamp": str(int(at.timestamp())),
+        "webhook-signature": Webhook(secret).sign(delivery_id, at, body),
+        "Content-Type": "application/json",
+        "User-Agent": USER_AGENT,
+    }
+
+
+# ---- Writing deliveries -----------------------------------------------------------------------
+
+
+def events_for(level: str) -> list[str]:
+    """The event types a result at `level` raises."""
+    return [EVENT_SCORED, EVENT_EMERGENCY] if level in EMERGENCY_LEVELS else [EVENT_SCORED]
+
+
+def enqueue_result_callbacks(
+    session: Session,
+    assessment: Assessment,
+    result: TriageResult,
+    settings: Settings | None = None,
+) -> int:
+    """In the caller's transaction, queue one delivery per matching subscription and event.
+
+    Returns how many deliveries were queued. Costs one query when nobody subscribes.
+    """
+    subscriptions = list(
+        session.scalars(
+            select(CallbackSubscription).where(CallbackSubscription.disabled_at.is_(None))
+        )
+    )
+    if not subscriptions:
+        return 0
+    settings = settings or _default_settings()
+    session.flush()  # the result's id and created_at go into the payload
+    events = events_for(result.triage_level)
+    amended: bool | None = None
+    queued = 0
+    for subscription in subscriptions:
+        for event_type in events:
+            if event_type not in subscription.event_types:
+                continue
+            if subscription.include_fhir and amended is None:
+                amended = _has_earlier_result(session, assessment.id, result.id)
+            delivery = CallbackDelivery(
+                id=new_id(),
+                subscription_id=subscription.id,
+                assessment_id=assessment.id,
+                result_id=result.id,
+                event_type=event_type,
+                payload=callback_payload(
+                    event_type,
+                    assessment,
+                    result,
+                    settings,
+                    include_fhir=subscription.include_fhir,
+                    amended=bool(amended),
+                ),
+                attempts=0,
+            )
+            session.add(delivery)
+            queue_delivery(session, delivery, utcnow())
+            queued += 1
+    return queued
+
+
+def queue_delivery(session: Session, delivery: CallbackDelivery, now: datetime) -> None:
+    """Make `delivery` pending with an outbox row, so the relay sends a worker to it."""
+    delivery.status = DELIVERY_PENDING
+    delivery.next_attempt_at = now
+    session.add(
+        OutboxMessage(
+            task_name=CALLBACK_TASK,
+            queue=CALLBACKS_QUEUE,
+            assessment_id=delivery.assessment_id,
+            args=[delivery.id],
+        )
+    )
+
+
+def queue_due_deliveries(session: Session, now: datetime, limit: int) -> int:
+    """Queue `failed_retrying` deliveries whose time has come (the relay calls this each second)."""
+    query = (
+        select(CallbackDelivery)
+        .where(
+            CallbackDelivery.status == DELIVERY_RETRYING,
+            CallbackDelivery.next_attempt_at <= now,
+        )
+        .order_by(CallbackDelivery.next_attempt_at)
+        .limit(limit)
+    )
+    if session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update(skip_locked=True)
+    due = list(session.scalars(query))
+    for delivery in due:
+        queue_delivery(session, delivery, now)
+    return len(due)
+
+
+def replay_delivery(session: Session, delivery: CallbackDelivery) -> None:
+    """Send a dead-lettered delivery again, now, with a fresh attempt budget."""
+    delivery.attempts = 0
+    delivery.last_error = None
+    queue_delivery(session, delivery, utcnow())
+
+
+def disable_subscription(session: Session, subscription: CallbackSubscription, reason: str) -> int:
+    """Stop a subscription; its deliveries not yet sent become `disabled`. Returns how many."""
+    if subscription.disabled_at is None:
+        subscription.disabled_at = utcnow()
+        subscription.disabled_reason = reason[:200]
+    result = session.execute(
+        update(CallbackDelivery)
+        .where(
+            CallbackDelivery.subscription_id == subscription.id,
+            CallbackDelivery.status.in_((DELIVERY_PENDING, DELIVERY_RETRYING)),
+        )
+        .values(status=DELIVERY_DISABLED, next_attempt_at=None)
+    )
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+# ---- Delivering -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Claim:
+    delivery_id: str
+    subscription_id: str
+    attempt: int
+    url: str
+    secret: str
+    body: str
+
+
+@dataclass(frozen=True)
+class _Response:
+    status_code: int | None
+    error: str | None
+    retry_after: str | None
+    duration_ms: float
+
+
+def deliver(
+    sessions: sessionmaker[Session],
+    delivery_id: str,
+    policy: RetryPolicy,
+    *,
+    message_id: str | None = None,
+    http: requests.Session | None = None,
+) -> str:
+    """Make one attempt at `delivery_id` if it is due; returns what happened.
+
+    Outcomes: delivered, retry, dead, disabled (this attempt's result), or skipped (nothing to
+    do: already final, waiting for its retry time, or another worker holds it). `message_id` is
+    the outbox row that woke us; it is marked completed unless another worker holds the row.
+    """
+    claim, skipped = _claim(sessions, delivery_id, policy, message_id)
+    if claim is None:
+        return skipped
+    started = utcnow()
+    response = _post(http or _http_session(), claim, policy, started)
+    return _record(sessions, claim, response, started, policy, message_id)
+
+
+def _claim(
+    sessions: sessionmaker[Session],
+    delivery_id: str,
+    policy: RetryPolicy,
+    message_id: str | None,
+) -> tuple[_Claim | None, str]:
+    now = utcnow()
+    with transaction(sessions) as session:
+        # Compare-and-set in one UPDATE: of two workers woken for the same row, one wins.
+        claimed = session.execute(
+            update(CallbackDelivery)
+            .where(
+                CallbackDelivery.id == delivery_id,
+                or_(
+                    CallbackDelivery.status == DELIVERY_PENDING,
+                    and_(
+                        CallbackDelivery.status == DELIVERY_DELIVERING,
+                        CallbackDelivery.next_attempt_at <= now,  # a dead worker's lease
+                    ),
+                ),
+            )
+            .values(
+                status=DELIVERY_DELIVERING,
+                next_attempt_at=now + timedelta(seconds=policy.lease_seconds),
+                attempts=CallbackDelivery.attempts + 1,
+            )
+        ).rowcount  # type: ignore[attr-defined]
+        row = session.execute(
+            select(CallbackDelivery, CallbackSubscription)
+            .join(
+                CallbackSubscription,
+                CallbackSubscription.id == CallbackDelivery.subscription_id,
+                isouter=True,
+            )
+            .where(CallbackDelivery.id == delivery_id)
+        ).first()
+        delivery, subscription = (row[0], row[1]) if row is not None else (None, None)
+        if not claimed:
+            busy = delivery is not None and delivery.status == DELIVERY_DELIVERING
+            if not busy:
+                _complete_message(session, message_id)
+            return None, "skipped"
+        assert delivery is not None
+        if subscription is None or subscription.disabled_at is not None:
+            delivery.status = DELIVERY_DISABLED
+            delivery.next_attempt_at = None
+            _complete_message(session, message_id)
+            return None, DELIVERY_DISABLED
+        return (
+            _Claim(
+                delivery_id=delivery.id,
+                subscription_id=subscription.id,
+                attempt=delivery.attempts,
+                url=subscription.callback_url,
+                secret=subscription.secret,
+                body=payload_body(delivery.payload),
+            ),
+            "",
+        )
+
+
+def _post(http: requests.Session, claim: _Claim, policy: RetryPolicy, at: datetime) -> _Response:
+    headers = signed_headers(claim.secret, claim.delivery_id, claim.body, at)
+    started = time.perf_counter()
+    try:
+        # No redirects: a callback URL that redirects elsewhere is a configuration error (and
+        # following it blindly would let a receiver point our signed request anywhere).
+        with http.post(
+            claim.url,
+            data=claim.body.encode("utf-8"),
+            headers=headers,
+            timeout=(policy.connect_timeout, policy.read_timeout),
+            allow_redirects=False,
+            stream=True,
+        ) as response:
+            # Read a little of the body so the connection can be reused; ignore the rest.
+            response.raw.read(MAX_RESPONSE_BYTES, decode_content=False)
+            return _Response(
+                response.status_code,
+                None,
+                response.headers.get("Retry-After"),
+                _ms_since(started),
+            )
+    except requests.RequestException as exc:
+        return _Response(None, type(exc).__name__, None, _ms_since(started))
+
+
+def _outcome(
+    response: _Response, attempt: int, policy: RetryPolicy, now: datetime
+) -> tuple[str, float | None]:
+    """(delivered | retry | dead | disabled, seconds until the next try when retrying)."""
+    code = response.status_code
+    if code is not None and 200 <= code < 300:
+        return DELIVERY_DELIVERED, None
+    if code == 410:
+        return DELIVERY_DISABLED, None
+    retryable = code is None or code >= 500 or code in RETRYABLE_STATUS
+    if not retryable:
+        return DELIVERY_DEAD, None
+    delay = policy.delay_after(attempt, parse_retry_after(response.retry_after, now))
+    return ("retry", delay) if delay is not None else (DELIVERY_DEAD, None)
+
+
+def _record(
+    sessions: sessionmaker[Session],
+    claim: _Claim,
+    response: _Response,
+    started: datetime,
+    policy: RetryPolicy,
+    message_id: str | None,
+) -> str:
+    now = utcnow()
+    outcome, delay = _outcome(response, claim.attempt, policy, now)
+    ATTEMPTS.labels(outcome).inc()
+    ATTEMPT_SECONDS.observe(response.duration_ms / 1000)
+    fields = {
+        "delivery_id": claim.delivery_id,
+        "subscription_id": claim.subscription_id,
+        "attempt": claim.attempt,
+        "status_code": response.status_code,
+        "error_class": response.error,
+        "ms": round(response.duration_ms, 1),
+    }
+    with transaction(sessions) as session:
+        session.add(
+            CallbackAttempt(
+                delivery_id=claim.delivery_id,
+                subscription_id=claim.subscription_id,
+                attempt=claim.attempt,
+                started_at=started,
+                duration_ms=round(response.duration_ms, 2),
+                status_code=response.status_code,
+                error=response.error,
+                outcome=outcome,
+            )
+        )
+        changes: dict[str, Any] = {
+            "last_status_code": response.status_code,
+            "last_error": response.error,
+            "status": DELIVERY_RETRYING if outcome == "retry" else outcome,
+            "next_attempt_at": now + timedelta(seconds=delay or 0) if outcome == "retry" else None,
+        }
+        if outcome == DELIVERY_DELIVERED:
+            changes["delivered_at"] = now
+        # Only while we still hold it: had our lease run out and another worker taken over,
+        # its result stands (this attempt is logged all the same).
+        session.execute(
+            update(CallbackDelivery)
+            .where(
+                CallbackDelivery.id == claim.delivery_id,
+                CallbackDelivery.status == DELIVERY_DELIVERING,
+                CallbackDelivery.attempts == claim.attempt,
+            )
+            .values(**changes)
+        )
+        if outcome == DELIVERY_DISABLED:
+            subscription = session.get(CallbackSubscription, claim.subscription_id)
+            if subscription is not None:
+                disable_subscription(session, subscription, "the endpoint answered 410 Gone")
+        _complete_message(session, message_id)
+    if outcome == DELIVERY_DELIVERED:
+        log.info("callback.delivered", **fields)
+    elif outcome == "retry":
+        log.warning("callback.retry_scheduled", retry_in_s=round(delay or 0, 1), **fields)
+    elif outcome == DELIVERY_DEAD:
+        log.warning("callback.dead_lettered", **fields)
+    else:
+        log.warning("callback.subscription_disabled", **fields)
+    return outcome
+
+
+def _complete_message(session: Session, message_id: str | None) -> None:
+    # Our outbox row is done once the delivery no longer needs it (final, or waiting for a
+    # retry that the relay will queue afresh); otherwise the relay would republish it forever.
+    if message_id is None:
+        return
+    session.execute(
+        update(OutboxMessage)
+        .where(OutboxMessage.id == message_id, OutboxMessage.completed_at.is_(None))
+        .values(completed_at=utcnow())
+    )
+
+
+# ---- Reads for the subscriptions API ----------------------------------------------------------
+
+
+def deliveries_of(
+    session: Session,
+    subscription_id: str,
+    *,
+    status: str | None,
+    limit: int,
+    offset: int,
+) -> list[tuple[CallbackDelivery, list[CallbackAttempt]]]:
+    """A subscription's deliveries, newest first, each with its attempts in order."""
+    query = (
+        select(CallbackDelivery)
+        .where(CallbackDelivery.subscription_id == subscription_id)
+        .order_by(CallbackDelivery.created_at.desc(), CallbackDelivery.id)
+        .limit(limit)
+        .offset(offset)
+    )
+    if status is not None:
+        query = query.where(CallbackDelivery.status == status)
+    deliveries = list(session.scalars(query))
+    attempts: dict[str, list[CallbackAttempt]] = {d.id: [] for d in deliveries}
+    if deliveries:
+        for attempt in session.scalars(
+            select(CallbackAttempt)
+            .where(CallbackAttempt.delivery_id.in_(list(attempts)))
+            .order_by(CallbackAttempt.attempt, CallbackAttempt.started_at)
+        ):
+            attempts[attempt.delivery_id].append(attempt)
+    return [(d, attempts[d.id]) for d in deliveries]
+
+
+def subscriptions_of(session: Session, owner_key_id: str | None) -> Sequence[CallbackSubscription]:
+    """Subscriptions owned by `owner_key_id` (all of them when None), newest first."""
+    query = select(CallbackSubscription).order_by(CallbackSubscription.created_at.desc())
+    if owner_key_id is not None:
+        query = query.where(CallbackSubscription.owner_key_id == owner_key_id)
+    return list(session.scalars(query))
+
+
+def is_final(status: str) -> bool:
+    return status in FINAL_DELIVERY_STATUSES
+
+
+# ---- Celery -----------------------------------------------------------------------------------
+
+
+def register_callback_tasks(app: Celery) -> None:
+    """Declare the delivery task on the worker's Celery app."""
+    # Imported here: the relay and the reporting service import this module without the engine.
+    from services.rules import runtime
+    from services.rules.tasks import house_task
+
+    @house_task(
+        app,
+        CALLBACK_TASK,
+        # Only for the database being away, with short Celery back-off; HTTP retries are ours.
+        autoretry_for=(OperationalError,),
+        retry_backoff=2,
+        retry_backoff_max=60,
+        retry_jitter=True,
+        max_retries=None,
+    )
+    def deliver_callback(self: Task, delivery_id: str) -> None:
+        """Attempt one callback delivery by id (idempotent: a finished delivery is skipped)."""
+        deliver(
+            runtime.sessions(),
+            delivery_id,
+            RetryPolicy.from_settings(runtime.settings()),
+            message_id=self.request.id,
+        )
+
+
+# ---- Internals --------------------------------------------------------------------------------
+
+_local = threading.local()
+_settings: list[Settings] = []
+
+
+def _http_session() -> requests.Session:
+    # One keep-alive pool per thread (requests.Session is not thread-safe), none across a fork.
+    import os
+
+    pid = os.getpid()
+    if getattr(_local, "pid", None) != pid:
+        _local.pid = pid
+        _local.session = requests.Session()
+    return _local.session  # type: ignore[no-any-return]
+
+
+def _default_settings() -> Settings:
+    if not _settings:
+        _settings.append(Settings.from_env())
+    return _settings[0]
+
+
+def _has_earlier_result(session: Session, assessment_id: str, result_id: str) -> bool:
+    return (
+        session.scalar(
+            select(TriageResult.id)
+            .where(TriageResult.assessment_id == assessment_id, TriageResult.id != result_id)
+            .limit(1)
+        )
+        is not None
+    )
+
+
+def _ms_since(started: float) -> float:
+    return (time.perf_counter() - started) * 1000
+
+
+def _iso(moment: datetime) -> str:
+    aware = moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+    return aware.astimezone(UTC).isoformat().replace("+00:00", "Z")
