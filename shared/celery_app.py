@@ -39,8 +39,8 @@ def create_celery(settings: Settings | None = None, name: str = "myotriage") -> 
         task_soft_time_limit=settings.task_soft_time_limit,
         task_time_limit=settings.task_time_limit,
         task_default_queue=SCORING_QUEUE,
-        # Each queue gets its own exchange and routing key: with the defaults all three would bind to
-        # one exchange under one key, and every task would be delivered to every queue.
+        # Each queue gets its own exchange and routing key: with the defaults all three bind
+        # to one exchange under one key, and every task is delivered to every queue.
         task_queues=tuple(Queue(name, Exchange(name), routing_key=name) for name in ALL_QUEUES),
         task_routes={SCORE_TASK: {"queue": SCORING_QUEUE}},
         broker_transport_options={
