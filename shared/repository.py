@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from shared.celery_app import SCORE_TASK, SCORING_QUEUE
@@ -189,15 +189,22 @@ def stale_messages(session: Session, published_before: datetime, limit: int) -> 
     return list(session.scalars(query))
 
 
+_COMPLETE_OUTBOX = (
+    update(OutboxMessage.__table__)
+    .where(
+        OutboxMessage.__table__.c.assessment_id == bindparam("for_assessment"),
+        OutboxMessage.__table__.c.task_name == bindparam("for_task"),
+        OutboxMessage.__table__.c.completed_at.is_(None),
+    )
+    .values(completed_at=bindparam("done_at"))
+)
+
+
 def complete_outbox_messages(session: Session, assessment_id: str, task_name: str) -> None:
+    """Mark the assessment's `task_name` messages done, so the relay never re-publishes them."""
     session.execute(
-        update(OutboxMessage)
-        .where(
-            OutboxMessage.assessment_id == assessment_id,
-            OutboxMessage.task_name == task_name,
-            OutboxMessage.completed_at.is_(None),
-        )
-        .values(completed_at=utcnow())
+        _COMPLETE_OUTBOX,
+        {"for_assessment": assessment_id, "for_task": task_name, "done_at": utcnow()},
     )
 
 

@@ -7,7 +7,6 @@ task delivered twice (worker killed after commit, relay re-publishing) is harmle
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import structlog
 from sqlalchemy.exc import IntegrityError
@@ -18,7 +17,7 @@ from services.rules.engine import RuleSet
 from shared import repository
 from shared.celery_app import SCORE_TASK
 from shared.db import transaction
-from shared.models import TriageResult, utcnow
+from shared.models import TriageResult, new_id, utcnow
 
 log = structlog.get_logger("myotriage.rules")
 
@@ -41,90 +40,84 @@ def score_assessment(
     Without `rescore`, an assessment that already has a current result is left as it is (even
     one scored under an older rule set: re-scoring is an explicit admin action). With `rescore`,
     a result under this version is added and becomes current; older results are kept.
+
+    One session, two short transactions: a read, then (after the engine, which does no I/O) a
+    write whose first statements are writes. On SQLite a transaction that reads and then
+    writes fails at once if another process wrote in between; one that starts by writing waits
+    for the lock instead.
     """
     with sessions() as session:
-        assessment = repository.get_assessment(session, assessment_id)
-        if assessment is None:
-            log.warning("score.assessment_missing", assessment_id=assessment_id)
-            return ScoreOutcome(assessment_id, "missing")
-        existing = (
-            repository.result_for_version(session, assessment_id, ruleset.version)
-            if rescore
-            else repository.current_result(session, assessment_id)
-        )
-        if existing is not None:
+        with session.begin():
+            assessment = repository.get_assessment(session, assessment_id)
+            if assessment is None:
+                log.warning("score.assessment_missing", assessment_id=assessment_id)
+                return ScoreOutcome(assessment_id, "missing")
+            current = repository.current_result(session, assessment_id)
+            done = (
+                repository.result_for_version(session, assessment_id, ruleset.version)
+                if rescore
+                else current
+            )
+        if done is not None:
             _mark_done(sessions, assessment_id)
             return ScoreOutcome(
-                assessment_id, "already_scored", existing.triage_level, existing.ruleset_version
+                assessment_id, "already_scored", done.triage_level, done.ruleset_version
             )
-        report = dict(assessment.report)
-    result = ruleset.score(report)
-    try:
-        with transaction(sessions) as session:
-            _store(session, assessment_id, result)
-    except IntegrityError:
-        # Another delivery of the same task stored it first; that result stands.
-        log.info("score.duplicate_delivery", assessment_id=assessment_id)
-        return ScoreOutcome(assessment_id, "already_scored", result["triage"], ruleset.version)
+
+        result = ruleset.score(dict(assessment.report))
+        now = utcnow()
+        priority = int(result["priority"])
+        triage_result = TriageResult(
+            id=new_id(),
+            assessment_id=assessment_id,
+            ruleset_version=result["ruleset_version"],
+            triage_level=result["triage"],
+            priority=priority,
+            urgency=repository.urgency_of(result["triage"], priority),
+            current=True,
+            result=result,
+            created_at=now,
+        )
+        try:
+            with session.begin():
+                if current is not None:
+                    current.current = False
+                session.add(triage_result)
+                assessment.status = "scored"
+                assessment.scored_at = now
+                assessment.failure_reason = None
+                session.flush()  # the writes go first (see the docstring)
+                repository.complete_outbox_messages(session, assessment_id, SCORE_TASK)
+                # Same transaction: a stored result always has its EHR callbacks queued.
+                enqueue_result_callbacks(session, assessment, triage_result)
+        except IntegrityError:
+            # Another delivery of the same task stored it first; that result stands.
+            log.info("score.duplicate_delivery", assessment_id=assessment_id)
+            return ScoreOutcome(assessment_id, "already_scored", result["triage"], ruleset.version)
     log.info(
         "score.stored",
         assessment_id=assessment_id,
         triage_level=result["triage"],
-        priority=result["priority"],
+        priority=priority,
         ruleset_version=ruleset.version,
         red_flags=[flag["id"] for flag in result["red_flags"]],
     )
     return ScoreOutcome(assessment_id, "scored", result["triage"], ruleset.version)
 
 
-def _store(session: Session, assessment_id: str, result: dict[str, Any]) -> None:
-    assessment = repository.get_assessment(session, assessment_id)
-    if assessment is None:  # deleted while the engine ran (erasure request, test clean-up)
-        log.warning("score.assessment_deleted", assessment_id=assessment_id)
-        return
-    previous = repository.current_result(session, assessment_id)
-    if previous is not None:
-        previous.current = False
-        session.flush()
-    triage_result = TriageResult(
-        assessment_id=assessment_id,
-        ruleset_version=result["ruleset_version"],
-        triage_level=result["triage"],
-        priority=int(result["priority"]),
-        urgency=repository.urgency_of(result["triage"], int(result["priority"])),
-        current=True,
-        result=result,
-    )
-    session.add(triage_result)
-    assessment.status = "scored"
-    assessment.scored_at = utcnow()
-    assessment.failure_reason = None
-    repository.complete_outbox_messages(session, assessment_id, SCORE_TASK)
-    # Same transaction: a stored result always has its EHR callbacks queued, and vice versa.
-    enqueue_result_callbacks(session, assessment, triage_result)
-
-
 def _mark_done(sessions: sessionmaker[Session], assessment_id: str) -> None:
     with transaction(sessions) as session:
+        repository.complete_outbox_messages(session, assessment_id, SCORE_TASK)
         assessment = repository.get_assessment(session, assessment_id)
         if assessment is not None and assessment.status != "scored":
             assessment.status = "scored"
-        repository.complete_outbox_messages(session, assessment_id, SCORE_TASK)
-
-
-def mark_scoring(sessions: sessionmaker[Session], assessment_id: str) -> None:
-    """Show `scoring` while the engine runs (only from `queued`)."""
-    with transaction(sessions) as session:
-        assessment = repository.get_assessment(session, assessment_id)
-        if assessment is not None and assessment.status == "queued":
-            assessment.status = "scoring"
 
 
 def mark_failed(sessions: sessionmaker[Session], assessment_id: str, reason: str) -> None:
     """Record that scoring failed for good; the report is kept for a person to look at."""
     with transaction(sessions) as session:
+        repository.complete_outbox_messages(session, assessment_id, SCORE_TASK)
         assessment = repository.get_assessment(session, assessment_id)
         if assessment is not None and assessment.status != "scored":
             assessment.status = "failed"
             assessment.failure_reason = reason[:200]
-        repository.complete_outbox_messages(session, assessment_id, SCORE_TASK)

@@ -18,7 +18,7 @@ from prometheus_client import Counter, Histogram
 from sqlalchemy.exc import OperationalError
 
 from services.rules import runtime
-from services.rules.scoring import mark_failed, mark_scoring, score_assessment
+from services.rules.scoring import mark_failed, score_assessment
 from shared.celery_app import SCORE_TASK
 
 log = structlog.get_logger("myotriage.rules")
@@ -72,7 +72,6 @@ def register_tasks(app: Celery) -> None:
         """Score one assessment by id (idempotent)."""
         sessions = runtime.sessions()
         ruleset = runtime.ruleset()
-        mark_scoring(sessions, assessment_id)
         try:
             outcome = score_assessment(sessions, ruleset, assessment_id)
         except (OperationalError, SoftTimeLimitExceeded):
