@@ -1,11 +1,18 @@
 """Benchmark: the compiled rule engine against a JsonLogic interpreter of the same conditions.
 
     python bench/engine_bench.py [--n 100000] [--interpreter qubit|panzi|tree] [--seed 7]
+                                 [--repeat 3]
 
 Generates N valid v1 reports (seeded, so every run scores the same ones), pins the process to one
 core, scores all of them with the compiled closures and then with the interpreter, checks that the
-two agree, and prints reports/s for each and the ratio. A measurement, not a test: figures vary
-run to run (quote medians of several runs; compare ratios from the same run).
+two agree, and prints reports/s for each and the ratio. Both paths score the same reports with the
+same fact reading and result building; only the evaluation of the conditions differs.
+
+A measurement, not a test: figures vary run to run, and on a shared machine other processes take
+the core from it. `--repeat` times each path several times (each on a freshly loaded rule set, so
+that every run starts with the same cold caches) and prints medians; the load average and the CPU
+time per report (which other processes inflate much less than the wall clock) are printed too.
+Compare ratios from the same run.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import statistics
 import sys
 import time
 from collections import Counter
@@ -123,15 +131,19 @@ def _summary(result: dict[str, Any]) -> tuple[Any, ...]:
 
 def timed_run(
     ruleset: RuleSet, reports: list[dict[str, Any]]
-) -> tuple[float, list[tuple[Any, ...]]]:
-    """Score every report; return elapsed seconds and a compact summary of each result."""
+) -> tuple[float, float, list[tuple[Any, ...]]]:
+    """Score every report; return elapsed seconds, CPU seconds and a summary of each result."""
     score = ruleset.score
     summaries: list[tuple[Any, ...]] = []
     append = summaries.append
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     for report in reports:
         append(_summary(score(report)))
-    return time.perf_counter() - start, summaries
+    return time.perf_counter() - start, time.process_time() - start_cpu, summaries
+
+
+def _load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
 
 
 def _pin_to_one_core() -> str:
@@ -154,6 +166,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="timed runs of each path, each on a freshly loaded rule set; medians are printed",
+    )
+    parser.add_argument(
         "--full-check",
         type=int,
         default=2000,
@@ -163,20 +181,29 @@ def main(argv: list[str] | None = None) -> int:
 
     pinned = _pin_to_one_core()
     reports = generate_reports(args.n, args.seed)
-    compiled = load_ruleset()
-    interpreted = compiled.with_interpreter(args.interpreter)
-    for report in reports[:500]:  # warm caches and code paths for both
-        compiled.score(report)
-        interpreted.score(report)
+    load_before = _load()
+    runs: list[tuple[float, float, float, float]] = []  # wall and CPU seconds of each path
+    mismatches = 0
+    for _ in range(max(1, args.repeat)):
+        compiled = load_ruleset()
+        interpreted = compiled.with_interpreter(args.interpreter)
+        for report in reports[:500]:  # warm caches and code paths for both
+            compiled.score(report)
+            interpreted.score(report)
+        compiled_s, compiled_cpu, compiled_out = timed_run(compiled, reports)
+        interpreted_s, interpreted_cpu, interpreted_out = timed_run(interpreted, reports)
+        runs.append((compiled_s, compiled_cpu, interpreted_s, interpreted_cpu))
+        mismatches += sum(1 for a, b in zip(compiled_out, interpreted_out, strict=True) if a != b)
 
-    compiled_s, compiled_out = timed_run(compiled, reports)
-    interpreted_s, interpreted_out = timed_run(interpreted, reports)
-
-    mismatches = sum(1 for a, b in zip(compiled_out, interpreted_out, strict=True) if a != b)
     full = [r for r in reports[: args.full_check] if compiled.score(r) != interpreted.score(r)]
+    compiled_s, compiled_cpu, interpreted_s, interpreted_cpu = (
+        statistics.median(run[i] for run in runs) for i in range(4)
+    )
     compiled_rate = len(reports) / compiled_s
     interpreted_rate = len(reports) / interpreted_s
+    ratio = statistics.median(run[2] / run[0] for run in runs)  # each run's own ratio
     levels = Counter(summary[0] for summary in compiled_out)
+    n = len(reports)
 
     print(
         f"rule set {compiled.version}: {len(compiled.rules)} rules, "
@@ -187,19 +214,23 @@ def main(argv: list[str] | None = None) -> int:
         f"reports: {len(reports)} generated (seed {args.seed}); levels: "
         + ", ".join(f"{level} {levels[level]}" for level in TRIAGE_LEVELS)
     )
+    median = f"median of {len(runs)} runs, " if len(runs) > 1 else ""
     print(
-        f"compiled closures:      {compiled_rate:>10,.0f} reports/s  ({compiled_s:.2f} s, "
-        f"{1e6 * compiled_s / len(reports):.1f} us/report)"
+        f"compiled closures:      {compiled_rate:>10,.0f} reports/s  ({median}{compiled_s:.2f} s, "
+        f"{1e6 * compiled_s / n:.1f} us/report; CPU {1e6 * compiled_cpu / n:.1f} us/report)"
     )
     print(
         f"interpreter ({args.interpreter:>5}):    {interpreted_rate:>10,.0f} reports/s  "
-        f"({interpreted_s:.2f} s, "
-        f"{1e6 * interpreted_s / len(reports):.1f} us/report)"
+        f"({median}{interpreted_s:.2f} s, {1e6 * interpreted_s / n:.1f} us/report; "
+        f"CPU {1e6 * interpreted_cpu / n:.1f} us/report)"
     )
-    print(f"ratio compiled / interpreter: {compiled_rate / interpreted_rate:.1f}x")
+    if len(runs) > 1:
+        print("compiled runs (reports/s): " + ", ".join(f"{n / run[0]:,.0f}" for run in runs))
+    print(f"ratio compiled / interpreter: {ratio:.1f}x")
+    print(f"load average (1, 5, 15 min): {load_before} before, {_load()} after")
     print(
-        f"agreement: {len(reports) - mismatches}/{len(reports)} summaries identical; "
-        f"{args.full_check - len(full)}/{min(args.full_check, len(reports))} full results identical"
+        f"agreement: {n * len(runs) - mismatches}/{n * len(runs)} summaries identical; "
+        f"{args.full_check - len(full)}/{min(args.full_check, n)} full results identical"
     )
     return 0 if mismatches == 0 and not full else 1
 

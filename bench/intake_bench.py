@@ -28,9 +28,11 @@ from shared.models import Assessment
 from tests.factories import report
 
 
-def throughput(stack: BenchStack, seconds: int, rounds: int) -> dict[str, dict[str, float]]:
+def throughput(
+    stack: BenchStack, seconds: int, rounds: int, threads: int = 1
+) -> dict[str, dict[str, float]]:
     bare = stack.gunicorn("bare", "bench.bare_flask:app")
-    intake = stack.gunicorn("intake", "services.intake.wsgi:app")
+    intake = stack.gunicorn("intake", "services.intake.wsgi:app", threads=threads)
     body = json.dumps(report())
     auth = {"Content-Type": "application/json", "Authorization": f"Bearer {stack.api_key}"}
     run_wrk(bare + "/v1/assessments", body, auth, 2)  # warm-up
@@ -113,10 +115,16 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--rate", type=float, default=100.0)
     parser.add_argument("--e2e-seconds", type=float, default=10.0)
+    parser.add_argument(
+        "--intake-threads",
+        type=int,
+        default=1,
+        help="gunicorn threads per intake worker (the ceiling always runs sync x4)",
+    )
     args = parser.parse_args()
     stack = BenchStack()
     try:
-        figures, intake = throughput(stack, args.seconds, args.rounds)
+        figures, intake = throughput(stack, args.seconds, args.rounds, args.intake_threads)
         e2e = end_to_end(stack, intake, args.rate, args.e2e_seconds)
     finally:
         stack.close()

@@ -47,7 +47,7 @@ class BenchStack:
         )
         return env
 
-    def gunicorn(self, name: str, app: str, workers: int = 4) -> str:
+    def gunicorn(self, name: str, app: str, workers: int = 4, threads: int = 1) -> str:
         port = free_port()
         proc = ServiceProcess(
             name,
@@ -59,6 +59,8 @@ class BenchStack:
                 "deploy/gunicorn.conf.py",
                 "-w",
                 str(workers),
+                "--threads",
+                str(threads),
                 "-b",
                 f"127.0.0.1:{port}",
                 app,
