@@ -131,7 +131,8 @@ def main() -> None:
     db = "postgresql" if stack.database_url.startswith("postgresql") else "sqlite"
     bare, ours = figures["bare"], figures["intake"]
     print(
-        f"database: {db}; gunicorn sync x4; wrk -t2 -c32; {args.rounds} x {args.seconds} s; medians"
+        f"database: {db}; gunicorn x4 (intake {args.intake_threads} thread(s) per worker); "
+        f"wrk -t2 -c32; {args.rounds} x {args.seconds} s; medians"
     )
     print(f"{'endpoint':<28}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}")
     for label, row in (("bare Flask (ceiling)", bare), ("intake POST /v1/assessments", ours)):
