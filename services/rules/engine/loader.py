@@ -8,29 +8,22 @@ condition - so that the worker refuses to start instead of mis-triaging at run t
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Final
 
 import yaml
 
+from services.rules.engine.because import Because, BecauseKind, build_red_flag, build_renderer
 from services.rules.engine.condition import (
     Compiled,
     Compiler,
     ConditionError,
-    Facts,
+    build_evaluator,
     build_selector,
     build_sequence,
 )
 from services.rules.engine.facts import REPORT_FACTS, FactType
-from services.rules.engine.ruleset import (
-    Because,
-    Escalation,
-    NamedCondition,
-    Rule,
-    RuleSet,
-    Sources,
-)
+from services.rules.engine.ruleset import Escalation, NamedCondition, Rule, RuleSet
 from services.rules.engine.synonyms import SynonymTable, build_table
 from shared.vocabulary import FINDING_CODES, LEVEL_RANK, TRIAGE_LEVELS
 
@@ -142,6 +135,9 @@ class _Builder:
         catalogue["risk_tags"] = FactType("list", self.tags)
         self.compiler = Compiler(catalogue)
         self.derived_reads: dict[str, frozenset[str]] = {}
+        # Facts that scoring reads from the facts dict after the conditions are evaluated:
+        # `because` tokens, escalations, benign patterns (see build_evaluator).
+        self.read_after_evaluation: set[str] = set()
 
     def compile(self, node: Any, where: str) -> Compiled:
         try:
@@ -160,7 +156,9 @@ class _Builder:
     def because(self, tokens: Any, where: str) -> tuple[Because, ...]:
         if not isinstance(tokens, list):
             raise RuleSetError(f"{where}: 'because' must be a list of facts")
-        return tuple(self._because(token, where) for token in tokens)
+        items = tuple(self._because(token, where) for token in tokens)
+        self.read_after_evaluation.update(item.token for item in items if ":" not in item.token)
+        return items
 
     def _because(self, token: Any, where: str) -> Because:
         if not isinstance(token, str):
@@ -168,58 +166,36 @@ class _Builder:
         prefix, _, name = token.partition(":")
         if name:
             if prefix == "medication" and name in self.medications.classes:
-                return Because(token, _class_renderer("medication", name, lambda s: s.medications))
+                return Because(token, "medication", name)
             if prefix == "condition" and name in self.conditions.classes:
-                return Because(token, _class_renderer("condition", name, lambda s: s.conditions))
+                return Because(token, "condition", name)
             if prefix == "risk" and name in self.tags:
-                return Because(token, _class_renderer("risk", name, lambda s: s.tags))
+                return Because(token, "risk", name)
             if prefix == "complaint" and name in REPORT_FACTS["complaints"].values:
-                return Because(token, lambda f, s: token if name in f["complaints"] else None)
+                return Because(token, "complaint", name)
             raise RuleSetError(
                 f"{where}: because entry {token!r} names an unknown class, tag or complaint"
             )
         fact = self.compiler.catalogue.get(token)
         if fact is None:
             raise RuleSetError(f"{where}: because entry {token!r} is not a known fact")
-        flag = token if fact.kind == "bool" or fact.finding else None
-        return Because(token, _fact_renderer(token, fact), flag)
+        return Because(token, _because_kind(fact), token)
 
 
-def _class_renderer(
-    kind: str, name: str, pick: Callable[[Sources], Mapping[str, tuple[str, ...]]]
-) -> Callable[[Facts, Sources], str | None]:
-    def render(facts: Facts, sources: Sources) -> str | None:
-        entries = pick(sources).get(name)
-        return f"{kind}:{name} ({', '.join(entries)})" if entries else None
-
-    return render
-
-
-def _number_text(value: float | int) -> str:
-    return str(int(value)) if float(value).is_integer() else f"{value:g}"
-
-
-def _fact_renderer(name: str, fact: FactType) -> Callable[[Facts, Sources], str | None]:
+def _because_kind(fact: FactType) -> BecauseKind:
+    """How a fact named in `because` is shown (services/rules/engine/because.py)."""
     if fact.kind == "bool" or fact.finding:
-        return lambda facts, sources: name if facts[name] is True else None
-    if fact.kind == "tristate":
-        return lambda facts, sources: (
-            None if facts[name] is None else f"{name}={str(facts[name]).lower()}"
-        )
+        return "flag"
     if fact.kind in ("number", "nullable_number"):
-        return lambda facts, sources: (
-            None if facts[name] is None else f"{name}={_number_text(facts[name])}"
-        )
-    if fact.kind == "enum":
-        return lambda facts, sources: (
-            None if facts[name] in (None, "none", "unknown") else f"{name}={facts[name]}"
-        )
-    return lambda facts, sources: f"{name}={','.join(facts[name])}" if facts[name] else None
+        return "number"
+    if fact.kind == "tristate":
+        return "tristate"
+    return "enum" if fact.kind == "enum" else "list"
 
 
 def _derived(
     builder: _Builder, data: Any
-) -> tuple[tuple[NamedCondition, ...], Callable[[Facts], None]]:
+) -> tuple[tuple[NamedCondition, ...], list[tuple[str, Compiled]]]:
     if not isinstance(data, dict):
         raise RuleSetError("derived_facts: expected a mapping of name -> condition")
     derived = []
@@ -235,8 +211,7 @@ def _derived(
         builder.compiler.add_derived(name, compiled)
         derived.append(NamedCondition(name, condition, compiled.test))
         sequence.append((name, compiled))
-    # One closure for the whole sequence: a call per derived fact would dominate scoring time.
-    return tuple(derived), build_sequence(sequence)
+    return tuple(derived), sequence
 
 
 def _rule(
@@ -292,15 +267,18 @@ def _rule(
         if "when" not in raw:
             raise RuleSetError(f"{e_where}: missing field 'when'")
         e_compiled = builder.compile(raw["when"], e_where)
+        builder.read_after_evaluation |= e_compiled.reads
         polarity |= e_compiled.polarity
         reads |= builder.reads_transitively(e_compiled)
         source = raw.get("source")
+        e_because = builder.because(raw.get("because", []), e_where)
         escalations.append(
             Escalation(
                 e_level,
                 raw["when"],
                 e_compiled.test,
-                builder.because(raw.get("because", []), e_where),
+                e_because,
+                build_renderer(e_because),
                 _text(source, e_where, "source") if source is not None else None,
             )
         )
@@ -309,18 +287,35 @@ def _rule(
             f"{where}: no_downgrade rules must not read {', '.join(sorted(reads & _COURSE_FACTS))} "
             f"(an 'improving' answer must never lower it)"
         )
-    note = data.get("note")
+    note = _text(data["note"], where, "note") if data.get("note") is not None else None
+    title = _text(data["title"], where, "title")
+    source = _text(data["source"], where, "source")
+    because = builder.because(data["because"], where)
+    # The red-flag entry's fixed fields, in result order (docs/RULES.md "The result").
+    entry: dict[str, Any] = {
+        "id": rule_id,
+        "title": title,
+        "level": level,
+        "kind": kind,
+        "because": [],
+        "source": source,
+    }
+    if note:
+        entry["note"] = note
+    if aliases:
+        entry["aliases"] = list(aliases)
     rule = Rule(
         id=rule_id,
-        title=_text(data["title"], where, "title"),
+        title=title,
         level=level,
         weight=weight,
         condition=data["condition"],
         test=compiled.test,
-        because=builder.because(data["because"], where),
-        source=_text(data["source"], where, "source"),
+        because=because,
+        red_flag=build_red_flag(entry, (-LEVEL_RANK[level], -weight, rule_id), because),
+        source=source,
         kind=kind,
-        note=_text(note, where, "note") if note is not None else None,
+        note=note,
         escalations=tuple(escalations),
         reads_resolved_episode=flags["reads_resolved_episode"],
         no_downgrade=flags["no_downgrade"],
@@ -422,7 +417,7 @@ def load_ruleset(directory: str | Path | None = None) -> RuleSet:
             f"file CHANGELOG.md: latest entry is {logged!r} but the rule set is {version!r}; "
             f"add a '## {version}' entry"
         )
-    derived, derive = _derived(builder, main.get("derived_facts", {}))
+    derived, derived_sequence = _derived(builder, main.get("derived_facts", {}))
 
     rule_files = sorted((root / "rules").glob("*.yaml"))
     if not rule_files:
@@ -442,10 +437,8 @@ def load_ruleset(directory: str | Path | None = None) -> RuleSet:
     # Most urgent first, so that rule order in files never changes a result.
     rules.sort(key=lambda pair: (-LEVEL_RANK[pair[0].level], pair[0].id))
     # CLINICAL.md rule 4: a resolved episode is read only by rules that say so.
-    select_rules = build_selector(
-        [(c, None if r.reads_resolved_episode else "not f['resolved']") for r, c in rules],
-        "select_rules",
-    )
+    not_resolved = builder.compile({"!": {"var": "resolved"}}, "the resolved-episode gate")
+    rule_items = [(c, None if r.reads_resolved_episode else not_resolved) for r, c in rules]
 
     benign = _named(
         builder,
@@ -511,18 +504,30 @@ def load_ruleset(directory: str | Path | None = None) -> RuleSet:
         and fact not in negative
         and fact not in benign_positive
     )
+    for _, compiled in benign:  # evaluated after the rules, and only when none fired
+        builder.read_after_evaluation |= compiled.reads
+    risk_items = [(c, None) for _, c in risks]
+    consideration_items = [(c, None) for _, c in considerations]
     return RuleSet(
         version=version,
         derived=derived,
-        derive=derive,
-        rules=tuple(r for r, _ in rules),
-        select_rules=select_rules,
-        benign_patterns=tuple(p for p, _ in benign),
-        risk_modifiers=tuple(m for m, _ in risks),
-        considerations=tuple(c for c, _ in considerations),
-        select_considerations=build_selector(
-            [(c, None) for _, c in considerations], "select_considerations"
+        # One closure per sequence or selection: a call per condition would dominate scoring.
+        derive=build_sequence(derived_sequence),
+        evaluate=build_evaluator(
+            derived_sequence,
+            [rule_items, risk_items, consideration_items],
+            stored=builder.read_after_evaluation & {name for name, _ in derived_sequence},
         ),
+        rules=tuple(r for r, _ in rules),
+        select_rules=build_selector(rule_items, "select_rules"),
+        benign_patterns=tuple(p for p, _ in benign),
+        select_benign_patterns=build_selector(
+            [(c, None) for _, c in benign], "select_benign_patterns"
+        ),
+        risk_modifiers=tuple(m for m, _ in risks),
+        select_risk_modifiers=build_selector(risk_items, "select_risk_modifiers"),
+        considerations=tuple(c for c, _ in considerations),
+        select_considerations=build_selector(consideration_items, "select_considerations"),
         medications=medications,
         conditions=conditions,
         catalogue=dict(builder.compiler.catalogue),

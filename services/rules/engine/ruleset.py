@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Final, NamedTuple
 
+from services.rules.engine.because import Because, RedFlag, Renderer
 from services.rules.engine.condition import Facts, Test, evaluate, unmet_parts
 from services.rules.engine.facts import FactType, ReportReading, base_facts
 from services.rules.engine.synonyms import SynonymTable
@@ -21,19 +22,8 @@ from shared.vocabulary import LEVEL_RANK, SAFETY_QUESTIONS
 DEFAULT_LEVEL: Final = "consultation"  # CLINICAL.md rule 5
 SELF_CARE: Final = "self_care"
 _LOWER_LEVEL_SHARE: Final = 0.25  # lower-level rules still order patients, at a quarter weight
-
-
-@dataclass(frozen=True)
-class Because:
-    """One fact a rule explains itself with, rendered only when it is present.
-
-    `flag` names a yes/no fact rendered as its bare name when true (the common case, handled
-    without a call); anything else goes through `render`.
-    """
-
-    token: str
-    render: Callable[[Facts, Sources], str | None]
-    flag: str | None = None
+_LEVEL_BY_RANK: Final = {rank: level for level, rank in LEVEL_RANK.items()}
+_TEXT: Final = frozenset({str})
 
 
 @dataclass(frozen=True)
@@ -44,6 +34,7 @@ class Escalation:
     condition: Any
     test: Test
     because: tuple[Because, ...]
+    render_because: Renderer
     source: str | None
 
 
@@ -58,6 +49,8 @@ class Rule:
     condition: Any
     test: Test
     because: tuple[Because, ...]
+    # The rule's red-flag entry for a report, `because` rendered; before escalations.
+    red_flag: RedFlag
     source: str
     kind: str = "red_flag"
     note: str | None = None
@@ -83,9 +76,10 @@ class NamedCondition:
 
 
 class Sources(NamedTuple):
-    """Which free-text entries produced each class, and what was not understood.
+    """Which free-text entries produced each class or tag, and which entries matched nothing.
 
-    The mappings are shared through a cache: read them, never change them.
+    Cached per pair of medication and condition lists and shared between reports: read it,
+    never change it.
     """
 
     medications: Mapping[str, tuple[str, ...]]
@@ -93,17 +87,8 @@ class Sources(NamedTuple):
     conditions: Mapping[str, tuple[str, ...]]
     tags: Mapping[str, tuple[str, ...]]
     unknown_conditions: tuple[str, ...]
-    reading: ReportReading
-
-
-_Classes = tuple[
-    Mapping[str, tuple[str, ...]],
-    tuple[str, ...],
-    Mapping[str, tuple[str, ...]],
-    Mapping[str, tuple[str, ...]],
-    tuple[str, ...],
-    tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]],
-]
+    # The values of the facts medication_classes, condition_classes and risk_tags (sorted).
+    class_facts: tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]
 
 
 # One kind's classes: {class: entries}, unknown entries, {tag: entries}, {implied class: entries}.
@@ -130,23 +115,25 @@ def _by_kind(table: SynonymTable, entries: tuple[Any, ...]) -> _KindClasses:
 
 def _frozen(mapping: dict[str, list[str]]) -> Mapping[str, tuple[str, ...]]:
     # Sorted for deterministic output; tuples because the cache shares them between reports.
-    return {key: tuple(mapping[key]) for key in sorted(mapping)}
+    # A plain loop: measured faster than a comprehension for these one- to three-key mappings.
+    frozen: dict[str, tuple[str, ...]] = {}
+    for key in sorted(mapping):
+        frozen[key] = tuple(mapping[key])
+    return frozen
 
 
 def _entries(values: list[Any] | None) -> tuple[Any, ...]:
     # Hashable for the cache; unhashable junk (a dict in the list) becomes its text.
     if not values:
         return ()
-    return tuple(v if isinstance(v, str) else str(v) for v in values)
+    entries = tuple(values)
+    if _TEXT.issuperset(map(type, entries)):  # the contract's shape: only texts
+        return entries
+    return tuple(v if isinstance(v, str) else str(v) for v in entries)
 
 
-class Fired(NamedTuple):
-    """A rule that fired: its final level (after escalations) and rendered reasons."""
-
-    rule: Rule
-    level: str
-    because: list[str]
-    escalation_sources: list[str]
+# A fired rule: its red-flag sort key (-rank of its final level, -weight, id) and its entry.
+_Fired = tuple[tuple[int, int, str], dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -156,10 +143,16 @@ class RuleSet:
     version: str
     derived: tuple[NamedCondition, ...]
     derive: Callable[[Facts], None]
+    # derive, then (select_rules, select_risk_modifiers, select_considerations), in one call;
+    # it sets in the dict only the derived facts read afterwards (`because`, escalations, benign
+    # patterns): `facts()` is the way to get them all
+    evaluate: Callable[[Facts], tuple[list[int], ...]]
     rules: tuple[Rule, ...]
     select_rules: Callable[[Facts], list[int]]
     benign_patterns: tuple[NamedCondition, ...]
+    select_benign_patterns: Callable[[Facts], list[int]]
     risk_modifiers: tuple[NamedCondition, ...]
+    select_risk_modifiers: Callable[[Facts], list[int]]
     considerations: tuple[NamedCondition, ...]
     select_considerations: Callable[[Facts], list[int]]
     medications: SynonymTable
@@ -177,6 +170,12 @@ class RuleSet:
 
     def facts(self, report: dict[str, Any]) -> tuple[Facts, Sources]:
         """All facts a condition may read (report, classes, derived) and their provenance."""
+        facts, sources, _ = self._read(report)
+        self.derive(facts)
+        return facts, sources
+
+    def _read(self, report: dict[str, Any]) -> tuple[Facts, Sources, ReportReading]:
+        """The report's facts and classes (not the derived facts), and what was not read."""
         facts, reading = base_facts(report)
         medications = report.get("medications")
         conditions = report.get("conditions")
@@ -186,18 +185,16 @@ class RuleSet:
         if conditions is not None and type(conditions) is not list:
             reading.fields.append("conditions")
             conditions = None
-        classes = self._classes(_entries(medications), _entries(conditions))
-        sources = Sources(*classes[:5], reading=reading)
+        sources = self._classes(_entries(medications), _entries(conditions))
         # Fresh lists per report: the cached ones are shared (and JsonLogic's `in` wants lists).
-        medication_classes, condition_classes, risk_tags = classes[5]
+        medication_classes, condition_classes, risk_tags = sources.class_facts
         facts["medication_classes"] = list(medication_classes)
         facts["condition_classes"] = list(condition_classes)
         facts["risk_tags"] = list(risk_tags)
-        self.derive(facts)
-        return facts, sources
+        return facts, sources, reading
 
     @functools.cached_property
-    def _classes(self) -> Callable[[tuple[Any, ...], tuple[Any, ...]], _Classes]:
+    def _classes(self) -> Callable[[tuple[Any, ...], tuple[Any, ...]], Sources]:
         # Per rule set, cached on the exact lists: the same medicine lists recur across reports.
         return functools.lru_cache(maxsize=65536)(self._classify)
 
@@ -214,92 +211,100 @@ class RuleSet:
             lambda entries: _by_kind(self.conditions, entries)
         )
 
-    def _classify(self, medications: tuple[Any, ...], conditions: tuple[Any, ...]) -> _Classes:
+    def _classify(self, medications: tuple[Any, ...], conditions: tuple[Any, ...]) -> Sources:
         by_medication, unknown_medications, medication_tags, implied = self._medication_classes(
             medications
         )
         by_condition, unknown_conditions, condition_tags, _ = self._condition_classes(conditions)
-        conditions_all = {cls: list(entries) for cls, entries in by_condition.items()}
-        tags = {tag: list(entries) for tag, entries in medication_tags.items()}
-        for cls, entries in implied.items():
-            known = conditions_all.setdefault(cls, [])
-            known.extend(e for e in entries if e not in known)
-            for tag in self.conditions.classes[cls].tags:
-                tags.setdefault(tag, []).extend(entries)
-        for tag, entries in condition_tags.items():
-            tags.setdefault(tag, []).extend(entries)
-        return (
+        if implied or (medication_tags and condition_tags):
+            merged = {cls: list(entries) for cls, entries in by_condition.items()}
+            merged_tags = {tag: list(entries) for tag, entries in medication_tags.items()}
+            for cls, entries in implied.items():
+                known = merged.setdefault(cls, [])
+                known.extend(e for e in entries if e not in known)
+                for tag in self.conditions.classes[cls].tags:
+                    merged_tags.setdefault(tag, []).extend(entries)
+            for tag, entries in condition_tags.items():
+                merged_tags.setdefault(tag, []).extend(entries)
+            conditions_all, tags = _frozen(merged), _frozen(merged_tags)
+        else:
+            # Nothing to merge (the common case): the per-kind mappings are the answer as they
+            # are, already sorted.
+            conditions_all, tags = by_condition, medication_tags or condition_tags
+        return Sources(
             by_medication,
             unknown_medications,
-            _frozen(conditions_all),
-            _frozen(tags),
+            conditions_all,
+            tags,
             unknown_conditions,
-            (tuple(by_medication), tuple(sorted(conditions_all)), tuple(sorted(tags))),
+            (tuple(by_medication), tuple(conditions_all), tuple(tags)),
         )
 
     # -- scoring ----------------------------------------------------------------------------
 
-    def _fire(self, facts: Facts, sources: Sources) -> list[Fired]:
-        fired: list[Fired] = []
+    def _fire(self, facts: Facts, sources: Sources, selected: list[int]) -> list[_Fired]:
+        """The selected rules' red-flag entries (escalations applied), most urgent first."""
+        fired: list[_Fired] = []
         rules = self.rules
-        for index in self.select_rules(facts):
+        for index in selected:
             rule = rules[index]
-            level = rule.level
-            because = _render(rule.because, facts, sources)
-            escalation_sources: list[str] = []
-            for escalation in rule.escalations:
-                if escalation.test(facts):
-                    if LEVEL_RANK[escalation.level] > LEVEL_RANK[level]:
-                        level = escalation.level
-                    for reason in _render(escalation.because, facts, sources):
-                        if reason not in because:
-                            because.append(reason)
-                    if escalation.source and escalation.source not in escalation_sources:
-                        escalation_sources.append(escalation.source)
-            fired.append(Fired(rule, level, because, escalation_sources))
+            order, flag = rule.red_flag(facts, sources)
+            if rule.escalations:
+                order = _escalate(rule, flag, facts, sources)
+            fired.append((order, flag))
+        # Most urgent first, then weight, then id (docs/RULES.md "The result"); ids are unique,
+        # so the entries themselves are never compared.
+        fired.sort()
         return fired
 
     def score(self, report: dict[str, Any]) -> dict[str, Any]:
         """Triage one v1 symptom report: pure and deterministic (result keys: docs/RULES.md)."""
-        facts, sources = self.facts(report)
-        fired = self._fire(facts, sources)
+        facts, sources, reading = self._read(report)
+        selected_rules, selected_risks, selected_considerations = self.evaluate(facts)
+        fired = self._fire(facts, sources, selected_rules)
         unanswered = [q for q in SAFETY_QUESTIONS if facts[q] is None]
         matched_patterns: list[NamedCondition] = []
         if fired:
-            level = max((f.level for f in fired), key=LEVEL_RANK.__getitem__)
+            (negative_rank, _, _), _ = fired[0]
+            level = _LEVEL_BY_RANK[-negative_rank]
         else:
-            matched_patterns = [p for p in self.benign_patterns if p.test(facts)]
+            patterns = self.benign_patterns
+            matched_patterns = [patterns[i] for i in self.select_benign_patterns(facts)]
             # CLINICAL.md rule 7: self_care only with a benign pattern and every safety answer "no".
             all_no = all(facts[q] is False for q in SAFETY_QUESTIONS)
             level = SELF_CARE if matched_patterns and all_no else DEFAULT_LEVEL
-        risks = [m for m in self.risk_modifiers if m.test(facts)]
+        modifiers = self.risk_modifiers
+        risks = [modifiers[i] for i in selected_risks]
+        considerations = self.considerations
         return {
             "triage": level,
             "priority": self._priority(level, fired, risks),
-            "red_flags": _red_flags(fired),
+            "red_flags": [flag for _, flag in fired],
             "unanswered_safety_questions": unanswered,
-            "considerations": [
-                self.considerations[i].text for i in self.select_considerations(facts)
-            ],
+            "considerations": [considerations[i].text for i in selected_considerations],
             "advice": self._advice(level, matched_patterns),
             "ruleset_version": self.version,
             "benign_patterns": [p.id for p in matched_patterns] if level == SELF_CARE else [],
             "risk_modifiers": [m.id for m in risks],
-            "medication_classes": {k: list(v) for k, v in sources.medications.items()},
-            "condition_classes": {k: list(v) for k, v in sources.conditions.items()},
+            "medication_classes": _lists(sources.medications),
+            "condition_classes": _lists(sources.conditions),
             "not_understood": {
                 "medications": list(sources.unknown_medications),
                 "conditions": list(sources.unknown_conditions),
-                "findings": sources.reading.findings,
-                "fields": sources.reading.fields,
+                "findings": reading.findings,
+                "fields": reading.fields,
             },
         }
 
-    def _priority(self, level: str, fired: list[Fired], risks: list[NamedCondition]) -> int:
+    def _priority(self, level: str, fired: list[_Fired], risks: list[NamedCondition]) -> int:
         low, high = self.priority_bands[level]
-        score = float(sum(m.weight for m in risks))
-        for f in fired:
-            score += f.rule.weight if f.level == level else f.rule.weight * _LOWER_LEVEL_SHARE
+        rank = LEVEL_RANK[level]
+        score = 0.0
+        for modifier in risks:
+            score += modifier.weight
+        for (negative_rank, negative_weight, _), _ in fired:
+            weight = -negative_weight
+            score += weight if -negative_rank == rank else weight * _LOWER_LEVEL_SHARE
         # Saturating: more weight always orders higher, and never leaves the level's band.
         return int(low + math.floor((high - low) * (1.0 - math.exp(-score / self.priority_scale))))
 
@@ -348,15 +353,31 @@ class RuleSet:
         def select_considerations(facts: Facts) -> list[int]:
             return [i for i, c in enumerate(considerations) if c.test(facts)]
 
+        benign_patterns = tuple(bind(p) for p in self.benign_patterns)
+        risk_modifiers = tuple(bind(m) for m in self.risk_modifiers)
+
+        def select_benign_patterns(facts: Facts) -> list[int]:
+            return [i for i, p in enumerate(benign_patterns) if p.test(facts)]
+
+        def select_risk_modifiers(facts: Facts) -> list[int]:
+            return [i for i, m in enumerate(risk_modifiers) if m.test(facts)]
+
+        def evaluate(facts: Facts) -> tuple[list[int], ...]:
+            derive(facts)
+            return select_rules(facts), select_risk_modifiers(facts), select_considerations(facts)
+
         return replace(
             self,
             derived=derived,
             derive=derive,
+            evaluate=evaluate,
             rules=rules,
             select_rules=select_rules,
             select_considerations=select_considerations,
-            benign_patterns=tuple(bind(p) for p in self.benign_patterns),
-            risk_modifiers=tuple(bind(m) for m in self.risk_modifiers),
+            benign_patterns=benign_patterns,
+            select_benign_patterns=select_benign_patterns,
+            risk_modifiers=risk_modifiers,
+            select_risk_modifiers=select_risk_modifiers,
             considerations=considerations,
             interpreter=name,
         )
@@ -389,14 +410,14 @@ class RuleSet:
                 "only stroke/TIA and low-blood-sugar rules read it"
             )
         lines += ["", "Rules:"]
-        fired = {f.rule.id: f for f in self._fire(facts, sources)}
+        fired = {flag["id"]: flag for flag in result["red_flags"]}
         for rule in self.rules:
             head = f"  {rule.id} [{rule.level}, weight {rule.weight}]"
             if rule.id in fired:
-                f = fired[rule.id]
-                raised = f" -> escalated to {f.level}" if f.level != rule.level else ""
+                flag = fired[rule.id]
+                raised = f" -> escalated to {flag['level']}" if flag["level"] != rule.level else ""
                 lines.append(f"{head} FIRED{raised}: {rule.title}")
-                lines.append(f"      because: {', '.join(f.because) or '(condition met)'}")
+                lines.append(f"      because: {', '.join(flag['because']) or '(condition met)'}")
                 lines.append(f"      source: {rule.source}")
             elif facts["resolved"] and not rule.reads_resolved_episode:
                 lines.append(f"{head} not read: the episode has resolved")
@@ -428,40 +449,31 @@ class RuleSet:
         return lines
 
 
-def _render(because: tuple[Because, ...], facts: Facts, sources: Sources) -> list[str]:
-    rendered: list[str] = []
-    for item in because:
-        if item.flag is not None:
-            if facts[item.flag] is True:
-                rendered.append(item.flag)
-            continue
-        text = item.render(facts, sources)
-        if text is not None and text not in rendered:
-            rendered.append(text)
-    return rendered
+def _escalate(
+    rule: Rule, flag: dict[str, Any], facts: Facts, sources: Sources
+) -> tuple[int, int, str]:
+    """Apply a fired rule's escalations to its red-flag entry; return the entry's sort key."""
+    level = rule.level
+    because = flag["because"]
+    escalation_sources: list[str] = []
+    for escalation in rule.escalations:
+        if escalation.test(facts):
+            if LEVEL_RANK[escalation.level] > LEVEL_RANK[level]:
+                level = escalation.level
+            for reason in escalation.render_because(facts, sources):
+                if reason not in because:
+                    because.append(reason)
+            if escalation.source and escalation.source not in escalation_sources:
+                escalation_sources.append(escalation.source)
+    flag["level"] = level
+    if escalation_sources:
+        flag["source"] = f"{rule.source}; escalation: {'; '.join(escalation_sources)}"
+    return -LEVEL_RANK[level], -rule.weight, rule.id
 
 
-def _red_flags(fired: list[Fired]) -> list[dict[str, Any]]:
-    ordered = sorted(fired, key=lambda f: (-LEVEL_RANK[f.level], -f.rule.weight, f.rule.id))
-    flags: list[dict[str, Any]] = []
-    for f in ordered:
-        source = f.rule.source
-        if f.escalation_sources:
-            source = f"{source}; escalation: {'; '.join(f.escalation_sources)}"
-        flag: dict[str, Any] = {
-            "id": f.rule.id,
-            "title": f.rule.title,
-            "level": f.level,
-            "kind": f.rule.kind,
-            "because": f.because,
-            "source": source,
-        }
-        if f.rule.note:
-            flag["note"] = f.rule.note
-        if f.rule.aliases:
-            flag["aliases"] = list(f.rule.aliases)
-        flags.append(flag)
-    return flags
+def _lists(mapping: Mapping[str, tuple[str, ...]]) -> dict[str, list[str]]:
+    # Fresh lists for the caller; most reports name no medicine or condition at all.
+    return {key: list(value) for key, value in mapping.items()} if mapping else {}
 
 
 def _interpreter(name: str) -> Callable[[Any], Test]:
