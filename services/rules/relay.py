@@ -79,13 +79,24 @@ class OutboxRelay:
         return published
 
     def republish_stale(self) -> int:
-        """Publish again messages whose work has not completed long after publishing."""
+        """Publish again messages whose work has not completed long after publishing.
+
+        Only for queues that the broker shows empty: a message in a non-empty queue may simply
+        be waiting its turn behind a backlog, and republishing it would add duplicates to the
+        very backlog that delays it. When the queue is empty and the work is still not done,
+        the broker lost the message (Redis restarted without persistence, a worker host died).
+        """
         cutoff = utcnow() - timedelta(seconds=self.settings.relay_republish_after_seconds)
         count = 0
+        idle: dict[str, bool] = {}
         with transaction(self.sessions) as session:
             for message in repository.stale_messages(
                 session, cutoff, self.settings.relay_batch_size
             ):
+                if message.queue not in idle:
+                    idle[message.queue] = self._queue_is_empty(message.queue)
+                if not idle[message.queue]:
+                    continue
                 self._publish(message)
                 message.published_at = utcnow()
                 message.publish_count += 1
@@ -94,6 +105,16 @@ class OutboxRelay:
             PUBLISHED.labels("republished").inc(count)
             log.warning("outbox.republished_stale", count=count)
         return count
+
+    def _queue_is_empty(self, queue: str) -> bool:
+        """Whether the broker holds no waiting message for `queue` (Redis: the list's length)."""
+        try:
+            with self.celery.connection_for_write() as connection:
+                client = connection.default_channel.client
+                return int(client.llen(queue)) == 0
+        except Exception as exc:
+            PUBLISH_FAILURES.inc()
+            raise BrokerUnavailable(type(exc).__name__) from exc
 
     def dispatch_due_callbacks(self) -> int:
         """Queue callback deliveries whose retry time has come; their outbox rows go out next.

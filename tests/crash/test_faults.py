@@ -150,3 +150,21 @@ def test_relay_killed_and_restarted_catches_up(rig_factory: Any) -> None:
     finally:
         relay.stop()
         worker.stop()
+
+
+def test_a_backlog_is_not_mistaken_for_lost_messages(rig_factory: Any) -> None:
+    """Messages waiting behind a backlog are not republished: that would only grow it."""
+    import redis
+
+    rig = rig_factory(republish_after=1)
+    logs = rig.workdir / "logs"
+    relay = relay_process(rig.env, logs).start()
+    try:
+        ids = [rig.submit(patient(n)) for n in range(30)]
+        # No worker: everything waits in the queue, long past `republish_after`.
+        wait_until(lambda: _queued_in_redis(rig) >= len(ids), 20, "the relay to publish")
+        time.sleep(4)
+        assert _queued_in_redis(rig) == len(ids)  # nothing was published twice
+        assert redis.Redis.from_url(rig.redis.url).llen("scoring") == len(ids)
+    finally:
+        relay.stop()
