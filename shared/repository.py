@@ -146,6 +146,35 @@ def find_idempotency_record(
     )
 
 
+_INSERT_IDEMPOTENCY = insert(IdempotencyRecord.__table__)
+
+
+def add_idempotency_record(
+    session: Session,
+    *,
+    caller_id: str,
+    key: str,
+    fingerprint: str,
+    status_code: int,
+    response_body: dict[str, Any],
+    location: str | None,
+) -> None:
+    """Remember the answer to a keyed request; a repeat of (caller, key) violates a unique key."""
+    session.execute(
+        _INSERT_IDEMPOTENCY,
+        {
+            "id": new_id(),
+            "api_key_id": caller_id,
+            "key": key,
+            "request_fingerprint": fingerprint,
+            "status_code": status_code,
+            "response_body": response_body,
+            "location": location,
+            "created_at": utcnow(),
+        },
+    )
+
+
 def delete_expired_idempotency_record(
     session: Session, api_key_id: str, key: str, not_before: datetime
 ) -> None:

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared import repository
 from shared.db import transaction
-from shared.models import IdempotencyRecord, utcnow
+from shared.models import utcnow
 from shared.problems import Problem, validation_problem
 from shared.schemas.symptom_report import SymptomReportSchema
 
@@ -95,15 +95,14 @@ def accept_assessment(
                 location, link_map = links(assessment_id)
                 response = {"id": assessment_id, "status": "queued", "links": link_map}
                 if idempotency_key:
-                    session.add(
-                        IdempotencyRecord(
-                            api_key_id=caller_id,
-                            key=idempotency_key,
-                            request_fingerprint=request_hash,
-                            status_code=202,
-                            response_body=response,
-                            location=location,
-                        )
+                    repository.add_idempotency_record(
+                        session,
+                        caller_id=caller_id,
+                        key=idempotency_key,
+                        fingerprint=request_hash,
+                        status_code=202,
+                        response_body=response,
+                        location=location,
                     )
         except IntegrityError:
             if not idempotency_key:
