@@ -22,10 +22,20 @@ from urllib.request import urlopen
 from sqlalchemy import select
 
 from shared.auth import SCOPES, create_api_key, hash_key
+from shared.celery_app import ALL_QUEUES
 from shared.config import RUN_DIR, Settings
 from shared.db import make_engine, make_session_factory, transaction
 from shared.migrate import upgrade_database
 from shared.models import ApiKey
+
+
+def worker_command(concurrency: int, node_name: str, *extra: str) -> list[str]:
+    """The rules worker on every queue, as the local run and the tests start it."""
+    return [
+        sys.executable, "-m", "celery", "-A", "services.rules.worker", "worker",
+        "-Q", ",".join(ALL_QUEUES), "-c", str(concurrency), "--loglevel", "WARNING",
+        "-n", node_name, *extra,
+    ]  # fmt: skip
 
 
 def find_redis_server() -> str | None:
@@ -201,22 +211,7 @@ class LocalStack:
                 f"127.0.0.1:{self.reporting_port}",
                 "services.reporting.wsgi:app",
             ],
-            "worker": [
-                python,
-                "-m",
-                "celery",
-                "-A",
-                "services.rules.worker",
-                "worker",
-                "-Q",
-                "scoring,batch,callbacks",
-                "-c",
-                str(self.workers),
-                "--loglevel",
-                "WARNING",
-                "-n",
-                "rules@%h",
-            ],
+            "worker": worker_command(self.workers, "rules@%h"),
             "relay": [python, "-m", "services.rules.relay"],
         }
         project_root = Path(__file__).resolve().parent.parent

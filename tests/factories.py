@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from shared.vocabulary import SAFETY_QUESTIONS
+
 CONTRACT_EXAMPLE: dict[str, Any] = {
     "patient": {"id": "MRN-0042", "age": 58, "sex": "female", "pregnant": False},
     "complaints": ["weakness", "twitching"],
@@ -32,21 +34,7 @@ CONTRACT_EXAMPLE: dict[str, Any] = {
     "free_text": "Right hand getting weaker for 4 months, can't turn keys.",
 }
 
-ALL_SAFETY_NO = {
-    code: False
-    for code in (
-        "breathless_at_rest",
-        "breathless_lying_flat",
-        "swallowing_difficulty",
-        "speech_difficulty",
-        "face_drooping",
-        "dark_urine",
-        "chest_pain",
-        "saddle_numbness",
-        "bladder_bowel_change",
-        "confusion",
-    )
-}
+ALL_SAFETY_NO = dict.fromkeys(SAFETY_QUESTIONS, False)
 
 # A stroke: sudden one-sided weakness with a drooping face, 40 minutes ago.
 STROKE: dict[str, Any] = {

@@ -7,13 +7,16 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import redis
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
 
-from services.local_stack import find_redis_server, free_port
+from services.local_stack import find_redis_server, free_port, worker_command
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -136,33 +139,31 @@ class ServiceProcess:
 def worker_process(
     env: dict[str, str], log_dir: Path, name: str = "worker", concurrency: int = 2
 ) -> ServiceProcess:
-    return ServiceProcess(
-        name,
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "services.rules.worker",
-            "worker",
-            "-Q",
-            "scoring,batch,callbacks",
-            "-c",
-            str(concurrency),
-            "--loglevel",
-            "WARNING",
-            "-n",
-            f"{name}-{os.getpid()}@%h",
-            "--without-gossip",
-            "--without-mingle",
-        ],
-        env,
-        log_dir,
-    )
+    node = f"{name}-{os.getpid()}@%h"
+    command = worker_command(concurrency, node, "--without-gossip", "--without-mingle")
+    return ServiceProcess(name, command, env, log_dir)
 
 
 def relay_process(env: dict[str, str], log_dir: Path, name: str = "relay") -> ServiceProcess:
     return ServiceProcess(name, [sys.executable, "-m", "services.rules.relay"], env, log_dir)
+
+
+def private_database(database_url: str, workdir: Path, name: str) -> Iterator[str]:
+    """A database of its own beside `database_url`: a new PostgreSQL database on the same
+    server (dropped afterwards), or a SQLite file in `workdir`. A generator: the URL, then
+    clean-up when resumed."""
+    url = make_url(database_url)
+    if url.get_backend_name() != "postgresql":
+        yield f"sqlite:///{workdir / f'{name}.db'}"
+        return
+    db_name = f"myotriage_{name}_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{db_name}"'))
+    yield url.set(database=db_name).render_as_string(hide_password=False)
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)'))
+    admin.dispose()
 
 
 def service_env(database_url: str, redis_url: str, **extra: str) -> dict[str, str]:

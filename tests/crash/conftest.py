@@ -3,37 +3,23 @@ cannot rescue their reports by another path."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
 from services.intake.app import create_app
 from shared.auth import SCOPES, create_api_key
 from shared.config import Settings
 from shared.db import make_engine, make_session_factory, transaction
 from shared.migrate import upgrade_database
-from tests.support import RedisServer, service_env
+from tests.support import RedisServer, private_database, service_env
 
 
 @pytest.fixture
 def isolated_database(database_url: str, tmp_path: Path) -> Iterator[str]:
-    url = make_url(database_url)
-    if url.get_backend_name() != "postgresql":
-        yield f"sqlite:///{tmp_path / 'faults.db'}"
-        return
-    name = f"myotriage_faults_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    yield url.set(database=name).render_as_string(hide_password=False)
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    yield from private_database(database_url, tmp_path, "faults")
 
 
 class FaultRig:

@@ -15,18 +15,15 @@ import os
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
 import pytest
 from fhir.resources.R4B.bundle import Bundle
-from sqlalchemy import create_engine, select, text, update
-from sqlalchemy.engine import make_url
+from sqlalchemy import select, update
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from services.local_stack import free_port
@@ -53,6 +50,7 @@ from tests.factories import DOMS, STROKE, report
 from tests.support import (
     RedisServer,
     ServiceProcess,
+    private_database,
     relay_process,
     service_env,
     wait_until,
@@ -157,24 +155,6 @@ def verified(received: Received, secret: str) -> dict[str, Any]:
     return Webhook(secret).verify(received.body, received.headers)  # type: ignore[no-any-return]
 
 
-# ---- A private database per use ---------------------------------------------------------------
-
-
-def _private_database(database_url: str, tmp_path: Path, name: str) -> Iterator[str]:
-    url = make_url(database_url)
-    if url.get_backend_name() != "postgresql":
-        yield f"sqlite:///{tmp_path / f'{name}.db'}"
-        return
-    db_name = f"myotriage_{name}_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{db_name}"'))
-    yield url.set(database=db_name).render_as_string(hide_password=False)
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)'))
-    admin.dispose()
-
-
 class Rig:
     """A migrated private database, a reporting app on it, and a callbacks:manage key."""
 
@@ -253,7 +233,7 @@ def _ruleset() -> Any:
 def rig(
     database_url: str, settings: Settings, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Rig]:
-    databases = _private_database(database_url, tmp_path_factory.mktemp("cb"), "callbacks")
+    databases = private_database(database_url, tmp_path_factory.mktemp("cb"), "callbacks")
     yield Rig(next(databases), settings)
     next(databases, None)
 
@@ -611,7 +591,7 @@ def callback_stack(
     """A private database and Redis, with a callbacks-only worker (threads) and a relay whose
     retry schedule is 0.3 s apart, the way docker-compose runs the callback-worker."""
     workdir = tmp_path_factory.mktemp("cbstack")
-    databases = _private_database(database_url, workdir, "cbstack")
+    databases = private_database(database_url, workdir, "cbstack")
     rig = Rig(next(databases), settings)
     redis_server = RedisServer(workdir / "redis").start()
     env = service_env(
