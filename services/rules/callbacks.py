@@ -20,6 +20,7 @@ How a result reaches an EHR:
 from __future__ import annotations
 
 import json
+import os
 import random
 import threading
 import time
@@ -27,13 +28,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, cast
 
 import requests
 import structlog
 from celery import Celery, Task
 from prometheus_client import Counter, Histogram
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import Table, and_, bindparam, func, insert, or_, select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from standardwebhooks.webhooks import Webhook
@@ -361,8 +362,96 @@ def deliver(
     if claim is None:
         return skipped
     started = utcnow()
-    response = _post(http or _http_session(), claim, policy, started)
+    if http is None:
+        http = _http_session()
+        environment = _environment_for(claim.url)
+    else:
+        environment = {}  # a caller's own session: it reads the environment as it is set to
+    response = _post(http, claim, policy, started, environment)
     return _record(sessions, claim, response, started, policy, message_id)
+
+
+# Hot-path statements, built once at import: a constant Core statement is compiled once and then
+# served from SQLAlchemy's cache, whereas ORM objects, ORM-enabled UPDATEs (which evaluate their
+# WHERE against the identity map) and freshly built statements cost several times the SQL.
+# (`__table__` is typed as a FromClause; these are Tables.)
+_deliveries = cast(Table, CallbackDelivery.__table__)
+_subscriptions = cast(Table, CallbackSubscription.__table__)
+_outbox = cast(Table, OutboxMessage.__table__)
+
+# Compare-and-set: of two workers woken for the same row, exactly one matches.
+_CLAIM = (
+    update(_deliveries)
+    .where(
+        _deliveries.c.id == bindparam("delivery_id"),
+        or_(
+            _deliveries.c.status == DELIVERY_PENDING,
+            and_(
+                _deliveries.c.status == DELIVERY_DELIVERING,
+                _deliveries.c.next_attempt_at <= bindparam("now"),  # a dead worker's lease
+            ),
+        ),
+    )
+    .values(
+        status=DELIVERY_DELIVERING,
+        next_attempt_at=bindparam("lease_until"),
+        attempts=_deliveries.c.attempts + 1,
+    )
+)
+
+# The delivery and its subscription in one round trip (outer join: the subscription may be gone).
+_LOAD_CLAIMED = (
+    select(
+        _deliveries.c.status,
+        _deliveries.c.attempts,
+        _deliveries.c.payload,
+        _subscriptions.c.id.label("subscription_id"),
+        _subscriptions.c.callback_url,
+        _subscriptions.c.secret,
+        _subscriptions.c.disabled_at,
+    )
+    .select_from(
+        _deliveries.outerjoin(_subscriptions, _subscriptions.c.id == _deliveries.c.subscription_id)
+    )
+    .where(_deliveries.c.id == bindparam("delivery_id"))
+)
+
+# A claimed delivery whose subscription is gone or disabled is not sent.
+_DISABLE_CLAIMED = (
+    update(_deliveries)
+    .where(_deliveries.c.id == bindparam("delivery_id"))
+    .values(status=DELIVERY_DISABLED, next_attempt_at=None)
+)
+
+_INSERT_ATTEMPT = insert(cast(Table, CallbackAttempt.__table__))
+
+# Only while we still hold it: had our lease run out and another worker taken over, its result
+# stands (this attempt is logged all the same). `delivered_at` is only ever set, never cleared:
+# a NULL parameter keeps the stored value, as leaving the column out of the UPDATE would.
+_RECORD_OUTCOME = (
+    update(_deliveries)
+    .where(
+        _deliveries.c.id == bindparam("delivery_id"),
+        _deliveries.c.status == DELIVERY_DELIVERING,
+        _deliveries.c.attempts == bindparam("attempt"),
+    )
+    .values(
+        status=bindparam("new_status"),
+        next_attempt_at=bindparam("next_attempt_at"),
+        last_status_code=bindparam("last_status_code"),
+        last_error=bindparam("last_error"),
+        delivered_at=func.coalesce(
+            bindparam("delivered_at", type_=_deliveries.c.delivered_at.type),
+            _deliveries.c.delivered_at,
+        ),
+    )
+)
+
+_COMPLETE_MESSAGE = (
+    update(_outbox)
+    .where(_outbox.c.id == bindparam("message_id"), _outbox.c.completed_at.is_(None))
+    .values(completed_at=bindparam("done_at"))
+)
 
 
 def _claim(
@@ -372,61 +461,49 @@ def _claim(
     message_id: str | None,
 ) -> tuple[_Claim | None, str]:
     now = utcnow()
+    # The transaction starts with its write: on SQLite a read-then-write transaction fails at
+    # once (SQLITE_BUSY_SNAPSHOT) if another process wrote in between, a write-first one waits.
     with transaction(sessions) as session:
-        # Compare-and-set in one UPDATE: of two workers woken for the same row, one wins.
         claimed = session.execute(
-            update(CallbackDelivery)
-            .where(
-                CallbackDelivery.id == delivery_id,
-                or_(
-                    CallbackDelivery.status == DELIVERY_PENDING,
-                    and_(
-                        CallbackDelivery.status == DELIVERY_DELIVERING,
-                        CallbackDelivery.next_attempt_at <= now,  # a dead worker's lease
-                    ),
-                ),
-            )
-            .values(
-                status=DELIVERY_DELIVERING,
-                next_attempt_at=now + timedelta(seconds=policy.lease_seconds),
-                attempts=CallbackDelivery.attempts + 1,
-            )
+            _CLAIM,
+            {
+                "delivery_id": delivery_id,
+                "now": now,
+                "lease_until": now + timedelta(seconds=policy.lease_seconds),
+            },
         ).rowcount  # type: ignore[attr-defined]
-        row = session.execute(
-            select(CallbackDelivery, CallbackSubscription)
-            .join(
-                CallbackSubscription,
-                CallbackSubscription.id == CallbackDelivery.subscription_id,
-                isouter=True,
-            )
-            .where(CallbackDelivery.id == delivery_id)
-        ).first()
-        delivery, subscription = (row[0], row[1]) if row is not None else (None, None)
+        row = session.execute(_LOAD_CLAIMED, {"delivery_id": delivery_id}).first()
         if not claimed:
-            busy = delivery is not None and delivery.status == DELIVERY_DELIVERING
+            busy = row is not None and row.status == DELIVERY_DELIVERING
             if not busy:
                 _complete_message(session, message_id)
             return None, "skipped"
-        assert delivery is not None
-        if subscription is None or subscription.disabled_at is not None:
-            delivery.status = DELIVERY_DISABLED
-            delivery.next_attempt_at = None
+        assert row is not None
+        if row.subscription_id is None or row.disabled_at is not None:
+            session.execute(_DISABLE_CLAIMED, {"delivery_id": delivery_id})
             _complete_message(session, message_id)
             return None, DELIVERY_DISABLED
         return (
             _Claim(
-                delivery_id=delivery.id,
-                subscription_id=subscription.id,
-                attempt=delivery.attempts,
-                url=subscription.callback_url,
-                secret=subscription.secret,
-                body=payload_body(delivery.payload),
+                delivery_id=delivery_id,
+                subscription_id=row.subscription_id,
+                attempt=row.attempts,
+                url=row.callback_url,
+                secret=row.secret,
+                body=payload_body(row.payload),
             ),
             "",
         )
 
 
-def _post(http: requests.Session, claim: _Claim, policy: RetryPolicy, at: datetime) -> _Response:
+def _post(
+    http: requests.Session,
+    claim: _Claim,
+    policy: RetryPolicy,
+    at: datetime,
+    environment: dict[str, Any],
+) -> _Response:
+    """POST the signed body once; `environment` is `_environment_for(claim.url)` or empty."""
     headers = signed_headers(claim.secret, claim.delivery_id, claim.body, at)
     started = time.perf_counter()
     try:
@@ -439,6 +516,7 @@ def _post(http: requests.Session, claim: _Claim, policy: RetryPolicy, at: dateti
             timeout=(policy.connect_timeout, policy.read_timeout),
             allow_redirects=False,
             stream=True,
+            **environment,
         ) as response:
             # Read a little of the body so the connection can be reused; ignore the rest.
             response.raw.read(MAX_RESPONSE_BYTES, decode_content=False)
@@ -488,39 +566,38 @@ def _record(
         "error_class": response.error,
         "ms": round(response.duration_ms, 1),
     }
+    # Write-first transaction (see `_claim`): the attempt row, then the delivery's new state.
     with transaction(sessions) as session:
-        session.add(
-            CallbackAttempt(
-                delivery_id=claim.delivery_id,
-                subscription_id=claim.subscription_id,
-                attempt=claim.attempt,
-                started_at=started,
-                duration_ms=round(response.duration_ms, 2),
-                status_code=response.status_code,
-                error=response.error,
-                outcome=outcome,
-            )
-        )
-        changes: dict[str, Any] = {
-            "last_status_code": response.status_code,
-            "last_error": response.error,
-            "status": DELIVERY_RETRYING if outcome == "retry" else outcome,
-            "next_attempt_at": now + timedelta(seconds=delay or 0) if outcome == "retry" else None,
-        }
-        if outcome == DELIVERY_DELIVERED:
-            changes["delivered_at"] = now
-        # Only while we still hold it: had our lease run out and another worker taken over,
-        # its result stands (this attempt is logged all the same).
         session.execute(
-            update(CallbackDelivery)
-            .where(
-                CallbackDelivery.id == claim.delivery_id,
-                CallbackDelivery.status == DELIVERY_DELIVERING,
-                CallbackDelivery.attempts == claim.attempt,
-            )
-            .values(**changes)
+            _INSERT_ATTEMPT,
+            {
+                "id": new_id(),
+                "delivery_id": claim.delivery_id,
+                "subscription_id": claim.subscription_id,
+                "attempt": claim.attempt,
+                "started_at": started,
+                "duration_ms": round(response.duration_ms, 2),
+                "status_code": response.status_code,
+                "error": response.error,
+                "outcome": outcome,
+            },
+        )
+        session.execute(
+            _RECORD_OUTCOME,
+            {
+                "delivery_id": claim.delivery_id,
+                "attempt": claim.attempt,
+                "new_status": DELIVERY_RETRYING if outcome == "retry" else outcome,
+                "next_attempt_at": (
+                    now + timedelta(seconds=delay or 0) if outcome == "retry" else None
+                ),
+                "last_status_code": response.status_code,
+                "last_error": response.error,
+                "delivered_at": now if outcome == DELIVERY_DELIVERED else None,
+            },
         )
         if outcome == DELIVERY_DISABLED:
+            # Rare: the ORM path is fine here.
             subscription = session.get(CallbackSubscription, claim.subscription_id)
             if subscription is not None:
                 disable_subscription(session, subscription, "the endpoint answered 410 Gone")
@@ -541,11 +618,7 @@ def _complete_message(session: Session, message_id: str | None) -> None:
     # retry that the relay will queue afresh); otherwise the relay would republish it forever.
     if message_id is None:
         return
-    session.execute(
-        update(OutboxMessage)
-        .where(OutboxMessage.id == message_id, OutboxMessage.completed_at.is_(None))
-        .values(completed_at=utcnow())
-    )
+    session.execute(_COMPLETE_MESSAGE, {"message_id": message_id, "done_at": utcnow()})
 
 
 # ---- Reads for the subscriptions API ----------------------------------------------------------
@@ -617,7 +690,7 @@ def register_callback_tasks(app: Celery) -> None:
         deliver(
             runtime.sessions(),
             delivery_id,
-            RetryPolicy.from_settings(runtime.settings()),
+            _policy_for(runtime.settings()),
             message_id=self.request.id,
         )
 
@@ -629,14 +702,48 @@ _settings: list[Settings] = []
 
 
 def _http_session() -> requests.Session:
-    # One keep-alive pool per thread (requests.Session is not thread-safe), none across a fork.
-    import os
+    """This thread's keep-alive pool (requests.Session is not thread-safe), none across a fork.
 
+    It does not consult the environment on each request (`trust_env` off): requests would re-read
+    os.environ for proxies and CA bundles, and .netrc, on every call (over 1 ms a delivery).
+    `_environment_for` works the same settings out once per URL and `_post` passes them.
+    """
     pid = os.getpid()
     if getattr(_local, "pid", None) != pid:
         _local.pid = pid
         _local.session = requests.Session()
+        _local.session.trust_env = False
+        _local.environment = {}
     return _local.session  # type: ignore[no-any-return]
+
+
+def _environment_for(url: str) -> dict[str, Any]:
+    """What requests would take from the environment for `url` (proxies, CA bundle, client
+    certificate, .netrc credentials), cached per thread and URL; call `_http_session` first."""
+    cache: dict[str, dict[str, Any]] = _local.environment
+    settings = cache.get(url)
+    if settings is None:
+        probe = requests.Session()  # trust_env on: the lookups requests itself would make
+        merged = probe.merge_environment_settings(url, {}, None, None, None)
+        settings = {
+            "proxies": merged["proxies"],
+            "verify": merged["verify"],
+            "cert": merged["cert"],
+            "auth": requests.utils.get_netrc_auth(url),
+        }
+        probe.close()
+        if len(cache) >= 1024:  # subscriptions are few; bound it all the same
+            cache.clear()
+        cache[url] = settings
+    return settings
+
+
+def _policy_for(settings: Settings) -> RetryPolicy:
+    """`RetryPolicy.from_settings`, parsed once per settings object rather than per task."""
+    cached = getattr(_local, "policy", None)
+    if cached is None or cached[0] is not settings:
+        cached = _local.policy = (settings, RetryPolicy.from_settings(settings))
+    return cached[1]  # type: ignore[no-any-return]
 
 
 def _default_settings() -> Settings:
