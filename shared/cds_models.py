@@ -13,7 +13,6 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     Boolean,
-    DateTime,
     Float,
     ForeignKey,
     Index,
@@ -23,7 +22,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
-from shared.models import Base, new_id, utcnow
+from shared.models import Base, UtcDateTime, new_id, utcnow
 
 # Delivery states (docs/INTEGRATION-OUTBOUND.md has the diagram).
 DELIVERY_PENDING = "pending"  # queued for an attempt: an open outbox row will run it
@@ -59,8 +58,8 @@ class CallbackSubscription(Base):
     event_types: Mapped[list[str]] = mapped_column(JSON)
     include_fhir: Mapped[bool] = mapped_column(Boolean, default=False)
     description: Mapped[str | None] = mapped_column(String(200), nullable=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    disabled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    disabled_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
     disabled_reason: Mapped[str | None] = mapped_column(String(200), nullable=True)
 
     __table_args__ = (Index("ix_callback_subscriptions_active", "disabled_at"),)
@@ -86,14 +85,14 @@ class CallbackDelivery(Base):
     status: Mapped[str] = mapped_column(String(20), default=DELIVERY_PENDING)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     # When the next attempt may start; while `delivering`, when the worker's lease runs out.
-    next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
     last_status_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
     last_error: Mapped[str | None] = mapped_column(String(100), nullable=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(
-        DateTime(timezone=True), default=utcnow, onupdate=utcnow
+        UtcDateTime(), default=utcnow, onupdate=utcnow
     )
-    delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    delivered_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
 
     __table_args__ = (
         UniqueConstraint(
@@ -114,7 +113,7 @@ class CallbackAttempt(Base):
     )
     subscription_id: Mapped[str] = mapped_column(String(36), index=True)
     attempt: Mapped[int] = mapped_column(Integer)
-    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    started_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
     duration_ms: Mapped[float] = mapped_column(Float)
     status_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
     # The exception class for timeouts and connection errors (never a message: it may quote URLs).
@@ -134,10 +133,10 @@ class CdsFeedback(Base):
     outcome: Mapped[str] = mapped_column(String(16))  # accepted | overridden
     accepted_suggestions: Mapped[list[str]] = mapped_column(JSON, default=list)
     override_reason: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
-    outcome_timestamp: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    outcome_timestamp: Mapped[datetime] = mapped_column(UtcDateTime())
     # The EHR (JWT issuer) that sent it.
     issuer: Mapped[str] = mapped_column(String(300))
-    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    received_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
 
     __table_args__ = (
         UniqueConstraint(

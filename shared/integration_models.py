@@ -5,10 +5,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import DateTime, ForeignKey, String
+from sqlalchemy import ForeignKey, String
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from shared.models import Base, new_id, utcnow
+from shared.models import Base, UtcDateTime, new_id, utcnow
 
 
 class Integration(Base):
@@ -20,9 +20,9 @@ class Integration(Base):
     name: Mapped[str] = mapped_column(String(100), unique=True)
     # What its webhooks may do, from shared.auth.SCOPES (inbound reports need assessments:write).
     scopes: Mapped[list[str]] = mapped_column()
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
     # A disabled integration is kept (assessments point at it) but its webhooks are refused.
-    disabled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    disabled_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
 
     secrets: Mapped[list[IntegrationSecret]] = relationship(
         back_populates="integration", order_by="IntegrationSecret.created_at"
@@ -45,10 +45,10 @@ class IntegrationSecret(Base):
         ForeignKey("integrations.id", ondelete="CASCADE"), index=True
     )
     secret: Mapped[str] = mapped_column(String(200))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
     # Set when rotating with a grace period: the old secret keeps working until then.
-    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
-    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
 
     integration: Mapped[Integration] = relationship(back_populates="secrets")
 
@@ -77,7 +77,7 @@ class FhirQuestionnaireResponse(Base):
         ForeignKey("assessments.id", ondelete="CASCADE"), primary_key=True
     )
     resource: Mapped[dict[str, Any]] = mapped_column()
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
 
 
 def _aware(moment: datetime) -> datetime:

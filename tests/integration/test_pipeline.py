@@ -24,6 +24,8 @@ def test_contract_example_is_scored_with_an_explained_result(
 ) -> None:
     body = wait_scored(submit(intake, auth, report()))
     assert body["status"] == "scored"
+    # Timestamps are UTC and say so, on SQLite as on PostgreSQL.
+    assert body["created_at"].endswith("+00:00") and body["scored_at"].endswith("+00:00")
     result = body["result"]
     # Twitching with distal weakness and wasting for months: an MND concern, never self-care.
     assert result["triage"] in ("consultation", "consultation_24")
