@@ -9,24 +9,34 @@ matches no class is kept verbatim and reported as not understood: it is never dr
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Final
 
 _DOSE: Final = re.compile(
-    r"\b\d+(?:[.,]\d+)?\s*(?:mg|mcg|micrograms?|µg|ug|g|ml|units?|iu|%|mmol|nanograms?)\b"
+    r"\b\d+(?:[.,]\d+)?\s*(?:mg|mcg|micrograms?|[µμ]g|ug|g|ml|units?|iu|%|mmol|nanograms?)\b"
     r"(?:\s*/\s*(?:ml|dose|hr|h|day|puff))?"
 )
-_WORD: Final = re.compile(r"[a-z0-9]+")
+# Accents on Latin letters (combining diacritical marks after NFKD): "furosémide" = "furosemide".
+# Other scripts' marks (Devanagari vowel signs, viramas) are part of their words and are kept.
+_LATIN_ACCENTS: Final = re.compile("[\u0300-\u036f]")
 _MAX_WORDS: Final = 4
 
 
 def normalise(text: str) -> tuple[str, ...]:
-    """Lower-case words of `text` with doses removed: 'Lipitor 20mg' -> ('lipitor',)."""
-    lowered = text.lower().replace("\u2019", "'")  # typographic apostrophe
-    lowered = _DOSE.sub(" ", lowered)
-    return tuple(_WORD.findall(lowered))
+    """Case-folded words of `text`, Latin accents and doses removed, in any script:
+    'Lipitor 20mg' -> ('lipitor',); 'Furosémide 40 mg' -> ('furosemide',); 'रितोनाविर' stays
+    one word."""
+    folded = unicodedata.normalize("NFKD", text.casefold().replace("\u2019", "'"))
+    folded = unicodedata.normalize("NFC", _LATIN_ACCENTS.sub("", folded))
+    folded = _DOSE.sub(" ", folded)
+    # A word is a run of letters, digits and combining marks; anything else separates words.
+    return tuple(
+        "".join(ch if ch.isalnum() or unicodedata.category(ch)[0] == "M" else " " for ch in folded)
+        .split()
+    )
 
 
 @dataclass(frozen=True)
