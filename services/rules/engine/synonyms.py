@@ -34,8 +34,9 @@ def normalise(text: str) -> tuple[str, ...]:
     folded = _DOSE.sub(" ", folded)
     # A word is a run of letters, digits and combining marks; anything else separates words.
     return tuple(
-        "".join(ch if ch.isalnum() or unicodedata.category(ch)[0] == "M" else " " for ch in folded)
-        .split()
+        "".join(
+            ch if ch.isalnum() or unicodedata.category(ch)[0] == "M" else " " for ch in folded
+        ).split()
     )
 
 
