@@ -32,6 +32,7 @@ import requests  # noqa: E402
 from sqlalchemy import func, select  # noqa: E402
 
 from bench.stack import BenchStack  # noqa: E402
+from services.local_stack import worker_command  # noqa: E402
 from services.reporting.api.subscriptions import new_secret  # noqa: E402
 from services.rules.callbacks import (  # noqa: E402
     enqueue_result_callbacks,
@@ -40,6 +41,7 @@ from services.rules.callbacks import (  # noqa: E402
 )
 from services.rules.engine import load_ruleset  # noqa: E402
 from shared.cds_models import CallbackDelivery, CallbackSubscription  # noqa: E402
+from shared.celery_app import CALLBACKS_QUEUE  # noqa: E402
 from shared.config import Settings  # noqa: E402
 from shared.db import transaction  # noqa: E402
 from shared.models import Assessment, TriageResult, new_id, utcnow  # noqa: E402
@@ -81,26 +83,15 @@ class Receiver:
 def start_callback_worker(stack: BenchStack, concurrency: int, pool: str) -> ServiceProcess:
     proc = ServiceProcess(
         "callback-worker",
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "services.rules.worker",
-            "worker",
-            "-Q",
-            "callbacks",
+        worker_command(
+            concurrency,
+            f"callbacks-bench-{len(stack.procs)}@%h",
             "-P",
             pool,
-            "-c",
-            str(concurrency),
-            "--loglevel",
-            "WARNING",
-            "-n",
-            f"callbacks-bench-{len(stack.procs)}@%h",
             "--without-gossip",
             "--without-mingle",
-        ],
+            queues=(CALLBACKS_QUEUE,),
+        ),
         stack.env,
         stack.workdir / "logs",
     ).start()

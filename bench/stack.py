@@ -140,7 +140,13 @@ def run_wrk(
         check=True,
     ).stdout
     os.unlink(script.name)
+    return parse_wrk_output(out)
+
+
+def parse_wrk_output(out: str) -> dict[str, Any]:
+    """wrk --latency's report as {'rps', 'p50_ms', 'p99_ms', 'non_2xx', 'requests'}."""
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     pct = {
         m.group(1): float(m.group(2)) * _UNITS[m.group(3)]
         for m in re.finditer(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)\s*$", out, flags=re.M)
@@ -151,6 +157,7 @@ def run_wrk(
         "p50_ms": pct.get("50"),
         "p99_ms": pct.get("99"),
         "non_2xx": int(non_2xx.group(1)) if non_2xx else 0,
+        "requests": requests,
     }
 
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import statistics
 import subprocess
@@ -38,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from sqlalchemy import func, select
 from standardwebhooks.webhooks import Webhook
 
-from bench.stack import BenchStack, run_wrk
+from bench.stack import BenchStack, parse_wrk_output, run_wrk
 from services.intake import ehr_integrations
 from services.intake.commands import validate_report
 from services.intake.fhir_questionnaire import questionnaire_response_from_report
@@ -87,8 +86,6 @@ function request()
 end
 """
 
-_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
-
 
 def presign(secret: str, body: str, count: int, path: Path) -> None:
     """Write `count` lines of "id timestamp signature", all signed now."""
@@ -128,20 +125,7 @@ def run_wrk_signed(
         text=True,
         check=True,
     ).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
-    pct = {
-        m.group(1): float(m.group(2)) * _UNITS[m.group(3)]
-        for m in re.finditer(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)\s*$", out, flags=re.M)
-    }
-    non_2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
-    return {
-        "rps": rps,
-        "p50_ms": pct.get("50"),
-        "p99_ms": pct.get("99"),
-        "non_2xx": int(non_2xx.group(1)) if non_2xx else 0,
-        "requests": requests,
-    }
+    return parse_wrk_output(out)
 
 
 def assessment_count(stack: BenchStack) -> int:

@@ -29,11 +29,14 @@ from shared.migrate import upgrade_database
 from shared.models import ApiKey
 
 
-def worker_command(concurrency: int, node_name: str, *extra: str) -> list[str]:
-    """The rules worker on every queue, as the local run and the tests start it."""
+def worker_command(
+    concurrency: int, node_name: str, *extra: str, queues: tuple[str, ...] = ALL_QUEUES
+) -> list[str]:
+    """The rules worker (on every queue unless told), as the local run, tests and benches
+    start it."""
     return [
         sys.executable, "-m", "celery", "-A", "services.rules.worker", "worker",
-        "-Q", ",".join(ALL_QUEUES), "-c", str(concurrency), "--loglevel", "WARNING",
+        "-Q", ",".join(queues), "-c", str(concurrency), "--loglevel", "WARNING",
         "-n", node_name, *extra,
     ]  # fmt: skip
 

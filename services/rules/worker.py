@@ -1,4 +1,4 @@
-"""The rules worker's Celery app: `celery -A services.rules.worker worker -Q scoring,batch,callbacks`.
+"""The rules worker's Celery app (`celery -A services.rules.worker worker -Q ...`).
 
 The rule set is loaded and validated when the worker starts: a bad rule file stops the worker
 with a message naming the rule, instead of failing on the first report.

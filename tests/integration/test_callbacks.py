@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import os
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -26,7 +25,7 @@ from fhir.resources.R4B.bundle import Bundle
 from sqlalchemy import select, update
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from services.local_stack import free_port
+from services.local_stack import free_port, worker_command
 from services.reporting.app import create_app as create_reporting
 from services.rules.callbacks import (
     CALLBACK_TASK,
@@ -42,6 +41,7 @@ from services.rules.engine import load_ruleset
 from services.rules.scoring import score_assessment
 from shared.auth import create_api_key
 from shared.cds_models import CallbackAttempt, CallbackDelivery, CallbackSubscription
+from shared.celery_app import CALLBACKS_QUEUE
 from shared.config import Settings
 from shared.db import make_engine, make_session_factory, transaction
 from shared.migrate import upgrade_database
@@ -605,26 +605,15 @@ def callback_stack(
     )
     worker = ServiceProcess(
         "callback-worker",
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "services.rules.worker",
-            "worker",
-            "-Q",
-            "callbacks",
+        worker_command(
+            4,
+            f"callbacks-{os.getpid()}@%h",
             "-P",
             "threads",
-            "-c",
-            "4",
-            "--loglevel",
-            "WARNING",
-            "-n",
-            f"callbacks-{os.getpid()}@%h",
             "--without-gossip",
             "--without-mingle",
-        ],
+            queues=(CALLBACKS_QUEUE,),
+        ),
         env,
         workdir / "logs",
     ).start()
