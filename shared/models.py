@@ -6,7 +6,6 @@ the migrations themselves.
 
 from __future__ import annotations
 
-import uuid
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,6 +23,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
+from uuid6 import uuid7
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -60,7 +60,9 @@ def utcnow() -> datetime:
 
 
 def new_id() -> str:
-    return str(uuid.uuid4())
+    """A new row id: a UUIDv7, so ids sort by creation time and inserts append to id indexes
+    (random UUIDv4s scatter them over the index, dirtying a different page every time)."""
+    return str(uuid7())
 
 
 class Base(DeclarativeBase):
@@ -82,9 +84,7 @@ class Assessment(Base):
     report: Mapped[dict[str, Any]] = mapped_column(JSON)
     submitted_by: Mapped[str | None] = mapped_column(String(36), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
-    updated_at: Mapped[datetime] = mapped_column(
-        UtcDateTime(), default=utcnow, onupdate=utcnow
-    )
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow, onupdate=utcnow)
     scored_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
     # Why scoring failed, as a code and a sentence without patient data.
     failure_reason: Mapped[str | None] = mapped_column(String(200), nullable=True)

@@ -6,10 +6,11 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.orm import Session
 
 from shared.celery_app import SCORE_TASK, SCORING_QUEUE
+from shared.group_commit import Row
 from shared.models import (
     Assessment,
     AuditEvent,
@@ -23,56 +24,54 @@ from shared.vocabulary import LEVEL_RANK
 
 # ---- Assessments ------------------------------------------------------------------------------
 
-
-# Built once: a constant Core INSERT is compiled once and cached, whereas ORM objects or a fresh
-# `insert().values(...)` per request cost ~5x more than the SQL itself on intake's hot path.
-_INSERT_ASSESSMENT = insert(Assessment.__table__)
-_INSERT_OUTBOX = insert(OutboxMessage.__table__)
+_ASSESSMENTS: Table = Assessment.__table__  # type: ignore[assignment]
+_OUTBOX: Table = OutboxMessage.__table__  # type: ignore[assignment]
+_IDEMPOTENCY: Table = IdempotencyRecord.__table__  # type: ignore[assignment]
 
 
-def add_assessment(
-    session: Session,
+def assessment_rows(
     report: dict[str, Any],
     *,
     source: str,
     submitted_by: str | None,
     queue: str = SCORING_QUEUE,
-) -> str:
-    """Store a validated report as `queued` with its outbox row, in the caller's transaction;
-    returns the new assessment's id."""
+) -> tuple[str, list[Row]]:
+    """A validated report's rows: the `queued` assessment and its outbox message, to be inserted
+    in one transaction (`GroupCommitter.insert`); returns the new assessment's id too."""
     now = utcnow()
     assessment_id = new_id()
-    session.execute(
-        _INSERT_ASSESSMENT,
-        {
-            "id": assessment_id,
-            "status": "queued",
-            "source": source,
-            "patient_ref": report["patient"]["id"],
-            "report": report,
-            "submitted_by": submitted_by,
-            "created_at": now,
-            "updated_at": now,
-            "scored_at": None,
-            "failure_reason": None,
-        },
-    )
-    session.execute(
-        _INSERT_OUTBOX,
-        {
-            "id": new_id(),
-            "task_name": SCORE_TASK,
-            "queue": queue,
-            "assessment_id": assessment_id,
-            "args": [assessment_id],
-            "created_at": now,
-            "published_at": None,
-            "completed_at": None,
-            "publish_count": 0,
-            "last_error": None,
-        },
-    )
-    return assessment_id
+    return assessment_id, [
+        (
+            _ASSESSMENTS,
+            {
+                "id": assessment_id,
+                "status": "queued",
+                "source": source,
+                "patient_ref": report["patient"]["id"],
+                "report": report,
+                "submitted_by": submitted_by,
+                "created_at": now,
+                "updated_at": now,
+                "scored_at": None,
+                "failure_reason": None,
+            },
+        ),
+        (
+            _OUTBOX,
+            {
+                "id": new_id(),
+                "task_name": SCORE_TASK,
+                "queue": queue,
+                "assessment_id": assessment_id,
+                "args": [assessment_id],
+                "created_at": now,
+                "published_at": None,
+                "completed_at": None,
+                "publish_count": 0,
+                "last_error": None,
+            },
+        ),
+    ]
 
 
 def get_assessment(session: Session, assessment_id: str) -> Assessment | None:
@@ -146,11 +145,7 @@ def find_idempotency_record(
     )
 
 
-_INSERT_IDEMPOTENCY = insert(IdempotencyRecord.__table__)
-
-
-def add_idempotency_record(
-    session: Session,
+def idempotency_row(
     *,
     caller_id: str,
     key: str,
@@ -158,10 +153,11 @@ def add_idempotency_record(
     status_code: int,
     response_body: dict[str, Any],
     location: str | None,
-) -> None:
-    """Remember the answer to a keyed request; a repeat of (caller, key) violates a unique key."""
-    session.execute(
-        _INSERT_IDEMPOTENCY,
+) -> Row:
+    """The remembered answer to a keyed request; a repeat of (caller, key) violates a unique key
+    when it is inserted."""
+    return (
+        _IDEMPOTENCY,
         {
             "id": new_id(),
             "api_key_id": caller_id,
@@ -219,11 +215,11 @@ def stale_messages(session: Session, published_before: datetime, limit: int) -> 
 
 
 _COMPLETE_OUTBOX = (
-    update(OutboxMessage.__table__)
+    update(_OUTBOX)
     .where(
-        OutboxMessage.__table__.c.assessment_id == bindparam("for_assessment"),
-        OutboxMessage.__table__.c.task_name == bindparam("for_task"),
-        OutboxMessage.__table__.c.completed_at.is_(None),
+        _OUTBOX.c.assessment_id == bindparam("for_assessment"),
+        _OUTBOX.c.task_name == bindparam("for_task"),
+        _OUTBOX.c.completed_at.is_(None),
     )
     .values(completed_at=bindparam("done_at"))
 )

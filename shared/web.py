@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared.auth import ApiKeyVerifier
 from shared.config import Settings
 from shared.db import make_engine, make_session_factory
+from shared.group_commit import GroupCommitter
 from shared.observability import (
     configure_logging,
     install_request_observability,
@@ -56,6 +57,7 @@ def build_app(import_name: str, service: str, title: str, settings: Settings) ->
     app.extensions["myotriage.settings"] = settings
     app.extensions["myotriage.engine"] = engine
     app.extensions["myotriage.sessions"] = session_factory
+    app.extensions["myotriage.writer"] = GroupCommitter(engine)
     app.extensions["myotriage.redis"] = redis.Redis.from_url(
         settings.redis_url, socket_timeout=1, socket_connect_timeout=1
     )
@@ -76,6 +78,11 @@ def settings_of(app: Flask | None = None) -> Settings:
 
 def sessions() -> sessionmaker[Session]:
     return current_app.extensions["myotriage.sessions"]  # type: ignore[no-any-return]
+
+
+def writer() -> GroupCommitter:
+    """This process's group committer: inserts that commit together with concurrent requests'."""
+    return current_app.extensions["myotriage.writer"]  # type: ignore[no-any-return]
 
 
 def resolve_settings(config: Settings | dict[str, Any] | None) -> Settings:

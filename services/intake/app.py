@@ -17,9 +17,11 @@ def create_app(config: Settings | dict[str, Any] | None = None) -> Flask:
     from services.intake.api.admin import blp as admin_integrations
     from services.intake.api.assessments import blp as assessments
     from services.intake.api.fhir import blp as fhir
+    from services.intake.api.schemas import blp as schemas
     from services.intake.api.webhooks import blp as webhooks
 
     api.register_blueprint(assessments)
+    api.register_blueprint(schemas)
     # EHR integration, inbound: signed webhooks, FHIR Questionnaire(Response), their admin.
     api.register_blueprint(webhooks)
     api.register_blueprint(fhir)

@@ -19,8 +19,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared import repository
 from shared.db import transaction
+from shared.group_commit import GroupCommitter, Row
 from shared.models import utcnow
 from shared.problems import Problem, validation_problem
+from shared.schemas.report_json_schema import fast_load
 from shared.schemas.symptom_report import SymptomReportSchema
 
 log = structlog.get_logger("myotriage.intake")
@@ -53,6 +55,9 @@ def validate_report(body: Any) -> dict[str, Any]:
             problem_type="validation-error",
             errors=[],
         )
+    report = fast_load(body)
+    if report is not None:
+        return report
     try:
         return _schema.load(body)  # type: ignore[no-any-return]
     except ValidationError as exc:
@@ -60,6 +65,7 @@ def validate_report(body: Any) -> dict[str, Any]:
 
 
 def accept_assessment(
+    writer: GroupCommitter,
     sessions: sessionmaker[Session],
     body: Any,
     *,
@@ -69,45 +75,47 @@ def accept_assessment(
     idempotency_key: str | None = None,
     idempotency_ttl: timedelta = timedelta(hours=24),
     request_fingerprint: str | None = None,
-    extra_rows: Callable[[Session, str], None] | None = None,
+    extra_rows: Callable[[str], list[Row]] | None = None,
 ) -> Accepted:
     """Validate `body` and store it as a queued assessment with its outbox row, atomically.
 
     `links(assessment_id) -> (location, links dict)` builds the URLs. With an idempotency key,
     a repeat of the same body returns the first answer; a different body is a 422.
     `request_fingerprint` overrides what "the same body" means (a FHIR caller's original
-    resource rather than the report mapped from it); `extra_rows(session, assessment_id)` adds
-    rows that belong with the assessment (the FHIR original) in the same transaction.
+    resource rather than the report mapped from it); `extra_rows(assessment_id)` gives rows
+    that belong with the assessment (the FHIR original), inserted in the same transaction.
+    The rows are committed by `writer`, together with concurrent requests' rows.
     """
     report = validate_report(body)
-    request_hash = request_fingerprint or fingerprint(body)
-    not_before = utcnow() - idempotency_ttl
+    request_hash = (request_fingerprint or fingerprint(body)) if idempotency_key else ""
     # Optimistic: store first and let the unique (caller, key) constraint detect a repeat, so a
     # first request with a key costs one transaction, not a lookup as well.
     for first_try in (True, False):
-        try:
-            with transaction(sessions) as session:
-                assessment_id = repository.add_assessment(
-                    session, report, source=source, submitted_by=caller_id
+        assessment_id, rows = repository.assessment_rows(
+            report, source=source, submitted_by=caller_id
+        )
+        if extra_rows is not None:
+            rows.extend(extra_rows(assessment_id))
+        location, link_map = links(assessment_id)
+        response = {"id": assessment_id, "status": "queued", "links": link_map}
+        if idempotency_key:
+            rows.append(
+                repository.idempotency_row(
+                    caller_id=caller_id,
+                    key=idempotency_key,
+                    fingerprint=request_hash,
+                    status_code=202,
+                    response_body=response,
+                    location=location,
                 )
-                if extra_rows is not None:
-                    extra_rows(session, assessment_id)
-                location, link_map = links(assessment_id)
-                response = {"id": assessment_id, "status": "queued", "links": link_map}
-                if idempotency_key:
-                    repository.add_idempotency_record(
-                        session,
-                        caller_id=caller_id,
-                        key=idempotency_key,
-                        fingerprint=request_hash,
-                        status_code=202,
-                        response_body=response,
-                        location=location,
-                    )
+            )
+        try:
+            writer.insert(rows)
         except IntegrityError:
             if not idempotency_key:
                 raise
             # The key was used before (or a concurrent request with it committed first).
+            not_before = utcnow() - idempotency_ttl
             replay = _replay(sessions, caller_id, idempotency_key, request_hash, not_before)
             if replay is not None:
                 return replay

@@ -17,6 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
 from shared.auth import SCOPES
+from shared.group_commit import Row
 from shared.integration_models import FhirQuestionnaireResponse, Integration, IntegrationSecret
 from shared.models import utcnow
 
@@ -188,10 +189,12 @@ def describe(integration: Integration, now: datetime | None = None) -> dict[str,
 # ---- FHIR originals ---------------------------------------------------------------------------
 
 
-def store_questionnaire_response(
-    session: Session, assessment_id: str, resource: dict[str, Any]
-) -> None:
-    session.add(FhirQuestionnaireResponse(assessment_id=assessment_id, resource=resource))
+def questionnaire_response_row(assessment_id: str, resource: dict[str, Any]) -> Row:
+    """The row keeping an EHR's QuestionnaireResponse with the assessment made from it."""
+    return (
+        FhirQuestionnaireResponse.__table__,  # type: ignore[return-value]
+        {"assessment_id": assessment_id, "resource": resource, "created_at": utcnow()},
+    )
 
 
 def stored_questionnaire_response(session: Session, assessment_id: str) -> dict[str, Any] | None:

@@ -6,10 +6,12 @@ not guess what a caller meant, so these accept only the JSON type the contract n
 
 from __future__ import annotations
 
-import math
+import sys
 from typing import Any
 
 from marshmallow import fields
+
+_LARGEST = sys.float_info.max
 
 
 class StrictBoolean(fields.Boolean):
@@ -38,14 +40,16 @@ class StrictInteger(fields.Integer):
 
 
 class StrictNumber(fields.Float):
-    """Only a finite JSON number (integers are fine, strings and booleans are not)."""
+    """Only a finite JSON number that fits in a double (integers are fine, strings and booleans
+    are not). An integer literal with hundreds of digits is not a number anyone means here, and
+    it would overflow wherever it meets a float."""
 
     default_error_messages = {"invalid": "Not a number."}
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise self.make_error("invalid")
-        if not math.isfinite(value):
+        if not -_LARGEST <= value <= _LARGEST:  # NaN, the infinities, huge integers
             raise self.make_error("invalid")
         return float(value) if isinstance(value, float) else value
 

@@ -181,3 +181,15 @@ def test_an_expired_idempotency_key_can_be_used_again(
     assert again.status_code == 202
     assert again.get_json()["id"] != first.get_json()["id"]
     assert "Idempotent-Replayed" not in again.headers
+
+
+def test_the_contract_is_published_as_json_schema(intake: Any) -> None:
+    import fastjsonschema
+
+    response = intake.get("/v1/schemas/symptom-report")  # public: no key needed
+    assert response.status_code == 200
+    assert response.mimetype == "application/schema+json"
+    check = fastjsonschema.compile(response.get_json())
+    check(report())
+    with pytest.raises(fastjsonschema.JsonSchemaException):
+        check(report(complaints=["headache"]))

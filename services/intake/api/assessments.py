@@ -16,7 +16,7 @@ from shared.auth import require_scope
 from shared.problems import Problem
 from shared.schemas.symptom_report import SymptomReportSchema, TriageResultOut
 from shared.vocabulary import ASSESSMENT_STATUSES
-from shared.web import sessions, settings_of
+from shared.web import sessions, settings_of, writer
 
 blp = Blueprint(
     "assessments",
@@ -97,6 +97,7 @@ class Assessments(MethodView):
         if key is not None and not (0 < len(key) <= 255):
             raise Problem(400, "Bad Idempotency-Key", "The key must be 1 to 255 characters.")
         accepted = accept_assessment(
+            writer(),
             sessions(),
             _json_body(),
             source="api",

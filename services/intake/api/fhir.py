@@ -15,7 +15,6 @@ from typing import Any
 import structlog
 from flask import Response, g, json, request, url_for
 from flask_smorest import Blueprint
-from sqlalchemy.orm import Session
 from werkzeug.exceptions import HTTPException
 
 from services.intake import ehr_integrations
@@ -35,8 +34,9 @@ from services.intake.fhir_questionnaire import (
 )
 from shared import repository
 from shared.auth import require_scope
+from shared.group_commit import Row
 from shared.problems import Problem
-from shared.web import sessions, settings_of
+from shared.web import sessions, settings_of, writer
 
 log = structlog.get_logger("myotriage.intake.fhir")
 
@@ -104,13 +104,13 @@ def accepted_response(accepted: Accepted) -> Response:
     return response
 
 
-def keep_original(resource: dict[str, Any]) -> Callable[[Session, str], None]:
+def keep_original(resource: dict[str, Any]) -> Callable[[str], list[Row]]:
     """An `extra_rows` hook storing the QuestionnaireResponse with the assessment it made."""
 
-    def store(session: Session, assessment_id: str) -> None:
-        ehr_integrations.store_questionnaire_response(session, assessment_id, resource)
+    def rows(assessment_id: str) -> list[Row]:
+        return [ehr_integrations.questionnaire_response_row(assessment_id, resource)]
 
-    return store
+    return rows
 
 
 def accept_questionnaire_response(
@@ -127,6 +127,7 @@ def accept_questionnaire_response(
     report = report_from_questionnaire_response(resource)
     try:
         return accept_assessment(
+            writer(),
             sessions(),
             report,
             source=source,

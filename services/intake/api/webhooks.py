@@ -35,7 +35,7 @@ from services.intake.webhook_verification import (
     check_timestamp,
 )
 from shared.problems import Problem
-from shared.web import sessions, settings_of
+from shared.web import sessions, settings_of, writer
 
 log = structlog.get_logger("myotriage.intake.webhooks")
 INTEGRATION_HEADER = "webhook-integration"
@@ -218,6 +218,7 @@ def _accept(body: Any, integration_id: str, webhook_id: str) -> Accepted:
             problem_type="webhook-unsupported-body",
         )
     return accept_assessment(
+        writer(),
         sessions(),
         body,
         source="webhook",

@@ -1,0 +1,181 @@
+"""Group commit on the real database: concurrent callers share a transaction, and each still
+gets its own answer (one caller's constraint violation never costs another caller its rows)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+from sqlalchemy import event, select
+from sqlalchemy.exc import IntegrityError
+
+from shared import repository
+from shared.auth import create_api_key
+from shared.db import transaction
+from shared.group_commit import GroupCommitter, Row
+from shared.models import Assessment, IdempotencyRecord, OutboxMessage, new_id
+from shared.schemas.symptom_report import SymptomReportSchema
+from tests.factories import report
+
+REPORT = SymptomReportSchema().load(report())
+
+
+@pytest.fixture
+def engine(sessions: Any) -> Any:
+    return sessions.kw["bind"]
+
+
+def _rows() -> tuple[str, list[Row]]:
+    return repository.assessment_rows(REPORT, source="api", submitted_by=None)
+
+
+def _stored(sessions: Any, ids: list[str]) -> set[str]:
+    with sessions() as session:
+        found = session.scalars(select(Assessment.id).where(Assessment.id.in_(ids))).all()
+        queued = session.scalars(
+            select(OutboxMessage.assessment_id).where(OutboxMessage.assessment_id.in_(ids))
+        ).all()
+    assert set(found) == set(queued), "an assessment without its outbox row, or the reverse"
+    return set(found)
+
+
+@contextmanager
+def _counting_commits(engine: Any) -> Iterator[list[int]]:
+    counted: list[int] = []
+
+    def on_commit(_connection: Any) -> None:
+        counted.append(1)
+
+    event.listen(engine, "commit", on_commit)
+    try:
+        yield counted
+    finally:
+        event.remove(engine, "commit", on_commit)
+
+
+def _run_together(
+    writer: GroupCommitter, batches: list[list[Row]], hold_first: int
+) -> list[BaseException | None]:
+    """Insert each row list from its own thread. The first caller's transaction is held open
+    until `hold_first` more callers are queued behind it, so they must share the next commit."""
+    errors: list[BaseException | None] = [None] * len(batches)
+    first_in = threading.Event()
+    release = threading.Event()
+
+    def slow_first_statement(*_args: Any) -> None:
+        if not first_in.is_set():
+            first_in.set()
+            release.wait(10)
+
+    engine = writer._engine
+    event.listen(engine, "before_cursor_execute", slow_first_statement)
+
+    def call(index: int) -> None:
+        try:
+            writer.insert(batches[index])
+        except BaseException as exc:
+            errors[index] = exc
+
+    try:
+        threads = [threading.Thread(target=call, args=(i,)) for i in range(len(batches))]
+        threads[0].start()
+        assert first_in.wait(10)
+        for thread in threads[1:]:
+            thread.start()
+        deadline = time.monotonic() + 10
+        while len(writer._waiting) < hold_first and time.monotonic() < deadline:
+            time.sleep(0.005)
+        release.set()
+        for thread in threads:
+            thread.join(20)
+            assert not thread.is_alive(), "a caller never got its answer"
+    finally:
+        event.remove(engine, "before_cursor_execute", slow_first_statement)
+    return errors
+
+
+def test_callers_queued_behind_a_commit_share_the_next_one(engine: Any, sessions: Any) -> None:
+    writer = GroupCommitter(engine)
+    made = [_rows() for _ in range(9)]
+    with _counting_commits(engine) as commits:
+        errors = _run_together(writer, [rows for _, rows in made], hold_first=8)
+    assert errors == [None] * 9
+    assert _stored(sessions, [i for i, _ in made]) == {i for i, _ in made}
+    assert len(commits) == 2  # the first caller alone, then the eight that queued meanwhile
+
+
+def test_one_callers_conflict_fails_only_that_caller(
+    engine: Any, sessions: Any, key_id: str
+) -> None:
+    writer = GroupCommitter(engine)
+    made = [_rows() for _ in range(6)]
+    batches = [rows for _, rows in made]
+    record = repository.idempotency_row(
+        caller_id=key_id,
+        key=f"dup-{time.monotonic_ns()}",
+        fingerprint="f",
+        status_code=202,
+        response_body={},
+        location=None,
+    )
+    # Callers 2 and 4 use the same Idempotency-Key: whichever is written second must fail.
+    batches[2] = [*batches[2], record]
+    batches[4] = [*batches[4], (record[0], {**record[1], "id": new_id()})]
+    errors = _run_together(writer, batches, hold_first=5)
+
+    failed = [i for i, error in enumerate(errors) if error is not None]
+    assert len(failed) == 1 and failed[0] in (2, 4)
+    assert isinstance(errors[failed[0]], IntegrityError)
+    expected = {made[i][0] for i in range(6) if i not in failed}
+    assert _stored(sessions, [i for i, _ in made]) == expected  # nothing half-stored
+    with sessions() as session:
+        assert session.scalar(
+            select(IdempotencyRecord.id).where(IdempotencyRecord.key == record[1]["key"])
+        )
+
+
+def test_a_lone_caller_writes_at_once_and_errors_reach_it(engine: Any, sessions: Any) -> None:
+    writer = GroupCommitter(engine)
+    assessment_id, rows = _rows()
+    writer.insert(rows)
+    assert _stored(sessions, [assessment_id]) == {assessment_id}
+    with pytest.raises(IntegrityError):
+        writer.insert(rows)  # the same ids again
+    # The lead was handed back: the next caller is not stuck behind the failure.
+    next_id, next_rows = _rows()
+    writer.insert(next_rows)
+    assert _stored(sessions, [next_id]) == {next_id}
+
+
+def test_many_threads_lose_nothing(engine: Any, sessions: Any) -> None:
+    writer = GroupCommitter(engine, max_callers=8)
+    made = [_rows() for _ in range(120)]
+    errors: list[BaseException] = []
+
+    def worker(chunk: list[tuple[str, list[Row]]]) -> None:
+        for _, rows in chunk:
+            try:
+                writer.insert(rows)
+            except BaseException as exc:
+                errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(made[i::12],)) for i in range(12)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not errors
+    assert _stored(sessions, [i for i, _ in made]) == {i for i, _ in made}
+
+
+@pytest.fixture
+def key_id(sessions: Any) -> str:
+    with transaction(sessions) as session:
+        row, _ = create_api_key(
+            session, f"group-commit-{time.monotonic_ns()}", ["assessments:write"]
+        )
+        return row.id
