@@ -21,7 +21,7 @@ loglevel = os.environ.get("GUNICORN_LOG_LEVEL", "warning")
 bind = os.environ.get("GUNICORN_BIND", "0.0.0.0:8000")
 
 
-def child_exit(server, worker):  # noqa: ANN001 (gunicorn hook signature)
+def child_exit(server, worker):
     """Let Prometheus' multiprocess collector drop a dead worker's live gauges."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         from prometheus_client import multiprocess

@@ -177,9 +177,9 @@ def empty_db(sessions: Any, pipeline: Any) -> None:
     def settled() -> bool:
         with sessions() as session:
             pending = session.scalar(
-                select(func.count()).select_from(Assessment).where(
-                    Assessment.status.in_(("queued", "scoring"))
-                )
+                select(func.count())
+                .select_from(Assessment)
+                .where(Assessment.status.in_(("queued", "scoring")))
             )
         return pending == 0
 

@@ -33,13 +33,17 @@ def test_run_starts_everything_scores_a_report_and_stops_on_ctrl_c(tmp_path: Pat
     out_path = tmp_path / "run.out"
     with out_path.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "services.cli", "run"], cwd=PROJECT_ROOT, env=env,
-            stdout=out, stderr=subprocess.STDOUT,
+            [sys.executable, "-m", "services.cli", "run"],
+            cwd=PROJECT_ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
     try:
         banner = wait_until(
             lambda: "Ctrl-C stops everything" in out_path.read_text() and out_path.read_text(),
-            90, "the run command to print its banner",
+            90,
+            "the run command to print its banner",
         )
         assert f"http://127.0.0.1:{intake_port}" in banner
         assert (tmp_path / ".run" / "myotriage.db").exists()  # SQLite under the run folder
@@ -47,7 +51,9 @@ def test_run_starts_everything_scores_a_report_and_stops_on_ctrl_c(tmp_path: Pat
         headers = {"Authorization": f"Bearer {key}"}
 
         response = requests.post(
-            f"http://127.0.0.1:{intake_port}/v1/assessments", json=STROKE, headers=headers,
+            f"http://127.0.0.1:{intake_port}/v1/assessments",
+            json=STROKE,
+            headers=headers,
             timeout=5,
         )
         assert response.status_code == 202
