@@ -29,6 +29,9 @@ from shared.migrate import upgrade_database
 from shared.models import ApiKey
 
 
+INTAKE_THREADS = "8"
+
+
 def worker_command(
     concurrency: int, node_name: str, *extra: str, queues: tuple[str, ...] = ALL_QUEUES
 ) -> list[str]:
@@ -227,6 +230,9 @@ class LocalStack:
                 shutil.rmtree(metrics_dir, ignore_errors=True)
                 metrics_dir.mkdir(parents=True)
                 proc_env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+            if name == "intake":
+                # Threads let concurrent reports share a commit (shared/group_commit.py).
+                proc_env.setdefault("GUNICORN_THREADS", INTAKE_THREADS)
             self.procs.append(
                 (
                     name,

@@ -83,7 +83,10 @@ def test_cli_commands_in_compose_parse() -> None:
 
 def test_environment_names_are_settings_the_code_reads() -> None:
     known = {env for env, _ in Settings.documented()}
-    known |= {"GUNICORN_WORKERS", "PROMETHEUS_MULTIPROC_DIR"}
+    # gunicorn's own settings: those deploy/gunicorn.conf.py reads.
+    gunicorn_conf = (ROOT / "deploy" / "gunicorn.conf.py").read_text()
+    known |= set(re.findall(r'os\.environ\.get\("(\w+)"', gunicorn_conf))
+    known.add("PROMETHEUS_MULTIPROC_DIR")
     for name, service in services.items():
         if name in ("postgres", "redis"):
             continue
