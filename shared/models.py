@@ -20,6 +20,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
@@ -122,6 +123,16 @@ class TriageResult(Base):
     __table_args__ = (
         UniqueConstraint("assessment_id", "ruleset_version", name="uq_triage_results_version"),
         Index("ix_triage_results_current_urgency", "current", "urgency"),
+        # At most one current result per assessment, and the index that finds it: without it
+        # SQLite looked the current result up through (current, urgency), reading every
+        # current result in the table for each task.
+        Index(
+            "uq_triage_results_one_current",
+            "assessment_id",
+            unique=True,
+            sqlite_where=text("current IS 1"),
+            postgresql_where=text("current IS true"),
+        ),
     )
 
 
