@@ -7,6 +7,10 @@ rows, inserts them table by table with one `executemany` each, commits once, and
 others. While it writes, new callers queue; when it is done it hands the lead to the oldest of
 them. Alone, a caller simply writes its own rows at once: there is no timer and no added wait.
 
+On SQLite the leaders of different processes take turns on a lock file next to the database:
+one that waits wakes as soon as the lock is free, whereas SQLite's own busy handler polls in
+sleeps of 1 to 100 ms and leaves the CPU idle while requests queue.
+
 Every caller still gets its own answer. If the shared transaction fails (a duplicate
 Idempotency-Key, a constraint, a lost connection) it is rolled back whole and each caller's rows
 are written again in a transaction of their own, so one caller's error is raised to that caller
@@ -19,7 +23,7 @@ import contextlib
 import fcntl
 import threading
 from collections.abc import Iterator, Sequence
-from typing import Any, Final
+from typing import IO, Any, Final
 
 from prometheus_client import Histogram
 from sqlalchemy import Engine, Insert, Table, insert
@@ -61,10 +65,13 @@ class GroupCommitter:
         self._writing = False
         self._statements: dict[Table, Insert] = {}
         self._table_order: dict[Table, int] = {}
-        self._lock_file = None
         database = engine.url.database
-        if engine.dialect.name == "sqlite" and database and database != ":memory:":
-            self._lock_file = open(f"{database}.write-lock", "a")  # noqa: SIM115 (held for life)
+        self._lock_path = (
+            f"{database}.write-lock"
+            if engine.dialect.name == "sqlite" and database and database != ":memory:"
+            else None
+        )
+        self._lock_file: IO[str] | None = None  # opened by the first write
 
     def insert(self, rows: Sequence[Row]) -> None:
         """Insert `rows` atomically; return once they are committed, or raise their error."""
@@ -132,12 +139,12 @@ class GroupCommitter:
 
     @contextlib.contextmanager
     def _exclusive(self) -> Iterator[None]:
-        # SQLite: one writer at a time across processes. Waiting on a file lock wakes the next
-        # writer the moment the lock is free; SQLite's own busy handler polls in sleeps of 1 to
-        # 100 ms, which leaves the CPU idle while requests queue.
-        if self._lock_file is None:
+        # SQLite: one writer at a time across processes (see the module docstring).
+        if self._lock_path is None:
             yield
             return
+        if self._lock_file is None:
+            self._lock_file = open(self._lock_path, "a")  # noqa: SIM115 (held for life)
         fcntl.flock(self._lock_file, fcntl.LOCK_EX)
         try:
             yield

@@ -46,7 +46,10 @@ def fingerprint(body: Any) -> str:
 
 
 def validate_report(body: Any) -> dict[str, Any]:
-    """The report with the contract's defaults filled in, or a 422 Problem naming every field."""
+    """The report with the contract's defaults filled in, or a 422 Problem naming every field.
+
+    Valid reports are recognised by the compiled JSON Schema; marshmallow (the reference) reads
+    the rest and names every bad field."""
     if not isinstance(body, dict):
         raise Problem(
             422,
