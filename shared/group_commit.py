@@ -38,12 +38,17 @@ BATCH_SIZE = Histogram(
 DEFAULT_MAX_CALLERS: Final = 64
 
 
+class NotWritten(RuntimeError):
+    """The thread writing this caller's rows stopped before it could say how it went."""
+
+
 class _Caller:
-    __slots__ = ("done", "error", "lead", "rows")
+    __slots__ = ("committed", "done", "error", "lead", "rows")
 
     def __init__(self, rows: Sequence[Row]) -> None:
         self.rows = rows
         self.done = threading.Event()
+        self.committed = False
         self.error: BaseException | None = None
         self.lead = False  # set when the caller is woken to lead the next batch
 
@@ -98,6 +103,11 @@ class GroupCommitter:
         try:
             self._write_batch(batch)
         finally:
+            # Only a caller whose rows were committed may report success, even if the leader
+            # was interrupted (a worker timeout, an exit) half-way through the batch.
+            for caller in batch:
+                if not caller.committed and caller.error is None:
+                    caller.error = NotWritten("the rows were not written")
             with self._lock:
                 if self._waiting:
                     successor = self._waiting[0]
@@ -136,6 +146,8 @@ class GroupCommitter:
                 connection.execute(
                     self._statement(table), values_list if len(values_list) > 1 else values_list[0]
                 )
+        for caller in batch:
+            caller.committed = True
 
     @contextlib.contextmanager
     def _exclusive(self) -> Iterator[None]:

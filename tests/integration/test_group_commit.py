@@ -16,7 +16,7 @@ from sqlalchemy.exc import IntegrityError
 from shared import repository
 from shared.auth import create_api_key
 from shared.db import transaction
-from shared.group_commit import GroupCommitter, Row
+from shared.group_commit import GroupCommitter, NotWritten, Row
 from shared.models import Assessment, IdempotencyRecord, OutboxMessage, new_id
 from shared.schemas.symptom_report import SymptomReportSchema
 from tests.factories import report
@@ -58,10 +58,14 @@ def _counting_commits(engine: Any) -> Iterator[list[int]]:
 
 
 def _run_together(
-    writer: GroupCommitter, batches: list[list[Row]], hold_first: int
+    writer: GroupCommitter,
+    batches: list[list[Row]],
+    hold_first: int,
+    fail_with: BaseException | None = None,
 ) -> list[BaseException | None]:
     """Insert each row list from its own thread. The first caller's transaction is held open
-    until `hold_first` more callers are queued behind it, so they must share the next commit."""
+    until `hold_first` more callers are queued behind it, so they must share the next commit.
+    With `fail_with`, every statement raises it (after the hold)."""
     errors: list[BaseException | None] = [None] * len(batches)
     first_in = threading.Event()
     release = threading.Event()
@@ -70,6 +74,8 @@ def _run_together(
         if not first_in.is_set():
             first_in.set()
             release.wait(10)
+        if fail_with is not None:
+            raise fail_with
 
     engine = writer._engine
     event.listen(engine, "before_cursor_execute", slow_first_statement)
@@ -179,3 +185,26 @@ def key_id(sessions: Any) -> str:
             session, f"group-commit-{time.monotonic_ns()}", ["assessments:write"]
         )
         return row.id
+
+
+def test_an_interrupted_leader_never_reports_success_for_unwritten_rows(
+    engine: Any, sessions: Any
+) -> None:
+    writer = GroupCommitter(engine)
+    made = [_rows() for _ in range(6)]
+    errors = _run_together(
+        writer, [rows for _, rows in made], hold_first=5, fail_with=_Interrupted()
+    )
+    # The first caller and the one that led the queued five were interrupted themselves; the
+    # four that waited on the second leader learn that their rows were not written.
+    assert sum(isinstance(error, _Interrupted) for error in errors) == 2
+    assert sum(isinstance(error, NotWritten) for error in errors) == 4
+    assert _stored(sessions, [i for i, _ in made]) == set()
+    # The committer is usable again.
+    assessment_id, rows = _rows()
+    writer.insert(rows)
+    assert _stored(sessions, [assessment_id]) == {assessment_id}
+
+
+class _Interrupted(BaseException):
+    """Stands in for what stops a thread mid-write: a worker timeout, an exit."""
