@@ -15,12 +15,9 @@ import argparse
 import json
 import multiprocessing
 import os
-import re
 import shutil
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -34,7 +31,7 @@ from cryptography.hazmat.primitives import serialization  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import ec, rsa  # noqa: E402
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm  # noqa: E402
 
-from bench.stack import BenchStack  # noqa: E402
+from bench.stack import BenchStack, run_wrk_script  # noqa: E402
 from services.local_stack import free_port, wait_for_http  # noqa: E402
 from services.reporting.cds_cards import PATIENT_VIEW_SERVICE_ID  # noqa: E402
 from services.rules.engine import load_ruleset  # noqa: E402
@@ -46,7 +43,6 @@ from tests.support import ServiceProcess  # noqa: E402
 
 ISSUER = "https://ehr.bench"
 KID = "bench-key-1"
-_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
 
 LUA = """
 local thread_count = 0
@@ -101,40 +97,6 @@ def mint_tokens(pem: bytes, algorithm: str, audience: str, count: int) -> list[s
     with multiprocessing.Pool(procs) as pool:
         parts = pool.map(_mint, [(pem, algorithm, audience, share)] * procs)
     return [token for part in parts for token in part][:count]
-
-
-def wrk(url: str, script: str, seconds: int, connections: int, threads: int) -> dict[str, Any]:
-    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as file:
-        file.write(script)
-    out = subprocess.run(
-        [
-            "wrk",
-            f"-t{threads}",
-            f"-c{connections}",
-            f"-d{seconds}s",
-            "--latency",
-            "-s",
-            file.name,
-            url,
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    os.unlink(file.name)
-    pct = {
-        m.group(1): float(m.group(2)) * _UNITS[m.group(3)]
-        for m in re.finditer(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)\s*$", out, flags=re.M)
-    }
-    non_2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
-    requests_done = re.search(r"(\d+) requests in", out)
-    return {
-        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
-        "p50_ms": pct.get("50"),
-        "p99_ms": pct.get("99"),
-        "non_2xx": int(non_2xx.group(1)) if non_2xx else 0,
-        "requests": int(requests_done.group(1)) if requests_done else 0,
-    }
 
 
 def start_reporting(stack: BenchStack, extra_env: dict[str, str], port: int) -> ServiceProcess:
@@ -255,8 +217,10 @@ def main() -> None:
                     "threads": args.threads,
                     "path": path,
                 }
-                cds = wrk(base + path, script, seconds, connections, args.threads)
-                livez = wrk(base + "/livez", livez_lua, seconds, connections, args.threads)
+                cds = run_wrk_script(base + path, script, seconds, connections, args.threads)
+                livez = run_wrk_script(
+                    base + "/livez", livez_lua, seconds, connections, args.threads
+                )
                 if cds["requests"] > len(share):
                     print(f"  {name}: tokens ran out (replays are 401s); raise --tokens-per-second")
                 if name != "warm-up":

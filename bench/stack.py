@@ -117,29 +117,38 @@ def run_wrk(
     connections: int = 32,
     threads: int = 2,
 ) -> dict[str, Any]:
-    """POST `body` with wrk; returns {'rps', 'p50_ms', 'p99_ms', 'non_2xx'}."""
-    if shutil.which("wrk") is None:
-        raise SystemExit("wrk is needed for this benchmark: apt-get install wrk")
+    """POST `body` with wrk; returns {'rps', 'p50_ms', 'p99_ms', 'non_2xx', 'requests'}."""
     lines = ['wrk.method = "POST"', f"wrk.body = [[{body}]]"]
     lines += [f'wrk.headers["{k}"] = "{v}"' for k, v in headers.items()]
-    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
-        script.write("\n".join(lines) + "\n")
-    out = subprocess.run(
-        [
-            "wrk",
-            f"-t{threads}",
-            f"-c{connections}",
-            f"-d{seconds}s",
-            "--latency",
-            "-s",
-            script.name,
-            url,
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    os.unlink(script.name)
+    return run_wrk_script(url, "\n".join(lines) + "\n", seconds, connections, threads)
+
+
+def run_wrk_script(
+    url: str, script: str, seconds: int, connections: int = 32, threads: int = 2
+) -> dict[str, Any]:
+    """Run wrk with a Lua `script`; returns `parse_wrk_output`'s figures."""
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is needed for this benchmark: apt-get install wrk")
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as file:
+        file.write(script)
+    try:
+        out = subprocess.run(
+            [
+                "wrk",
+                f"-t{threads}",
+                f"-c{connections}",
+                f"-d{seconds}s",
+                "--latency",
+                "-s",
+                file.name,
+                url,
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    finally:
+        os.unlink(file.name)
     return parse_wrk_output(out)
 
 
