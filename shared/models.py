@@ -93,8 +93,7 @@ class Assessment(Base):
     results: Mapped[list[TriageResult]] = relationship(
         back_populates="assessment", order_by="TriageResult.created_at"
     )
-
-    __table_args__ = (Index("ix_assessments_status_created", "status", "created_at"),)
+    # No index on status: see migration 0006.
 
 
 class TriageResult(Base):
