@@ -6,7 +6,7 @@
 Needs `wrk` (apt-get install wrk). Uses DATABASE_URL if set (PostgreSQL), else SQLite in a temp
 dir; always a private redis-server. Every app runs under gunicorn with 4 workers: the bare-Flask
 ceiling with sync workers, as ../shared/docs/CEILINGS.md measured it, and again with intake's
-threads; intake as the run command and compose run it (8 threads, so that concurrent reports
+threads; intake as the run command and compose run it (16 threads, so that concurrent reports
 share a commit). The ratio is taken against the faster bare run. wrk uses 2 threads and 32
 connections on the same cores.
 """

@@ -28,7 +28,7 @@ from shared.db import make_engine, make_session_factory, transaction
 from shared.migrate import upgrade_database
 from shared.models import ApiKey
 
-INTAKE_THREADS = "8"
+INTAKE_THREADS = "16"
 
 
 def worker_command(
