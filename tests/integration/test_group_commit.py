@@ -259,3 +259,19 @@ def test_sqlite_wal_is_checkpointed_and_started_over(
     # Every commit writes a page of each of the assessment's and the outbox's b-trees (nine).
     # Without a restart the WAL would hold all of them.
     assert wal_frames < commits * 4
+
+
+def test_postgres_backend_killed_between_batches(engine: Any, sessions: Any) -> None:
+    # What a PostgreSQL restart does to the kept connection: the server ends its backend.
+    if engine.dialect.name != "postgresql":
+        pytest.skip("PostgreSQL's backends")
+    writer = GroupCommitter(engine)
+    first_id, rows = _rows()
+    writer.insert(rows)
+    assert writer._connection is not None
+    backend = writer._connection.dbapi_connection.info.backend_pid  # type: ignore[union-attr]
+    with engine.connect() as connection:
+        connection.exec_driver_sql(f"SELECT pg_terminate_backend({int(backend)})")
+    next_id, next_rows = _rows()
+    writer.insert(next_rows)
+    assert _stored(sessions, [first_id, next_id]) == {first_id, next_id}
