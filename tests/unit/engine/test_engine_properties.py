@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 from typing import Any
 
 import pytest
@@ -13,8 +14,11 @@ from hypothesis import strategies as st
 
 from shared.vocabulary import LEVEL_RANK, SAFETY_QUESTIONS, TRIAGE_LEVELS
 
+# MYOTRIAGE_HYPOTHESIS_EXAMPLES=3000 searches longer (about two minutes for this file).
 PROFILE = settings(
-    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=int(os.environ.get("MYOTRIAGE_HYPOTHESIS_EXAMPLES", "150")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 
 

@@ -265,3 +265,20 @@ def test_explain_lists_every_rule_and_the_outcome(ruleset) -> None:
     assert lines[0].startswith("Triage: emergency_ambulance")
     assert "RF_STROKE_FAST [emergency_ambulance, weight 50] FIRED" in text
     assert all(rule.id in text for rule in ruleset.rules)
+
+
+def test_known_myasthenia_never_lowers_new_double_vision(ruleset) -> None:
+    # Found by the "risk modifier never lowers the level" property (rule set 2026.11.4): the
+    # rule for fatigable eye symptoms excepted known myasthenia unless it was worsening.
+    eyes = report(
+        complaints=["fatigue"],
+        onset_days=0,
+        course="improving",
+        improves_with_rest=True,
+        findings={"double_vision": True},
+    )
+    known = {**eyes, "conditions": ["myasthenia gravis"]}
+    for case in (eyes, known):
+        result = ruleset.score(case)
+        assert result["triage"] == "consultation_24"
+        assert "RF_FATIGABLE_OCULAR_BULBAR" in {flag["id"] for flag in result["red_flags"]}
