@@ -234,8 +234,8 @@ class GroupCommitter:
             before_commit = False
             connection.commit()
         except Exception as exc:
-            self._after_failure(connection, cursor, exc)
-            if may_retry and self._connection is None and before_commit:
+            dropped = self._after_failure(connection, cursor, exc)
+            if may_retry and dropped and before_commit:
                 raise _Disconnected from exc
             dbapi_error = self._engine.dialect.loaded_dbapi.Error
             if not isinstance(exc, dbapi_error):
@@ -262,17 +262,20 @@ class GroupCommitter:
 
     def _after_failure(
         self, connection: PoolProxiedConnection, cursor: Any, exc: Exception | None
-    ) -> None:
+    ) -> bool:
+        """Roll back, or drop the connection if it is dead; True if it was dropped."""
         dialect = self._engine.dialect
         if isinstance(exc, dialect.loaded_dbapi.Error) and dialect.is_disconnect(
             exc, connection.dbapi_connection, cursor
         ):
             self._forget_connection(connection, exc)
-            return
+            return True
         try:
             connection.rollback()
         except Exception as rollback_error:
             self._forget_connection(connection, rollback_error)
+            return True
+        return False
 
     def _forget_connection(self, connection: PoolProxiedConnection, exc: BaseException) -> None:
         with contextlib.suppress(Exception):
