@@ -1,14 +1,15 @@
 """Intake throughput against the bare-Flask ceiling, and end-to-end time from POST to scored.
 
     .venv/bin/python bench/intake_bench.py [--seconds 10] [--rounds 3] [--rate 100]
-                                           [--e2e-seconds 10] [--intake-threads 8]
+                                           [--e2e-seconds 10] [--intake-threads 8] [--bounds]
 
 Needs `wrk` (apt-get install wrk). Uses DATABASE_URL if set (PostgreSQL), else SQLite in a temp
 dir; always a private redis-server. Every app runs under gunicorn with 4 workers: the bare-Flask
 ceiling with sync workers, as ../shared/docs/CEILINGS.md measured it, and again with intake's
 threads; intake as the run command and compose run it (16 threads, so that concurrent reports
 share a commit). The ratio is taken against the faster bare run. wrk uses 2 threads and 32
-connections on the same cores.
+connections on the same cores. `--bounds` adds, in the same rounds, intake with its database
+write removed (bench/intake_without_write.py): the most any write-path change could give.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from tests.factories import report
 
 
 def throughput(
-    stack: BenchStack, seconds: int, rounds: int, threads: int
+    stack: BenchStack, seconds: int, rounds: int, threads: int, bounds: bool = False
 ) -> tuple[dict[str, dict[str, float]], str]:
     """wrk against the bare ceiling (sync x4, as CEILINGS.md measured it, and with intake's own
     worker settings when they differ) and against intake, alternating round by round."""
@@ -43,6 +44,10 @@ def throughput(
             "bare-threads", "bench.bare_flask:app", threads=threads
         )
     urls["intake"] = stack.gunicorn("intake", "services.intake.wsgi:app", threads=threads)
+    if bounds:
+        urls["intake_no_write"] = stack.gunicorn(
+            "intake-no-write", "bench.intake_without_write:app", threads=threads
+        )
     body = json.dumps(report())
     auth = {"Content-Type": "application/json", "Authorization": f"Bearer {stack.api_key}"}
     for url in urls.values():  # warm-up
@@ -132,10 +137,17 @@ def main() -> None:
         help=f"gunicorn threads per intake worker (default {INTAKE_THREADS}, as the run command "
         "and compose run it); the ceiling runs sync x4 and, with threads, the same settings too",
     )
+    parser.add_argument(
+        "--bounds",
+        action="store_true",
+        help="also measure intake with its database write removed (a bound, in the same rounds)",
+    )
     args = parser.parse_args()
     stack = BenchStack()
     try:
-        figures, intake = throughput(stack, args.seconds, args.rounds, args.intake_threads)
+        figures, intake = throughput(
+            stack, args.seconds, args.rounds, args.intake_threads, args.bounds
+        )
         e2e = end_to_end(stack, intake, args.rate, args.e2e_seconds)
     finally:
         stack.close()
@@ -143,7 +155,7 @@ def main() -> None:
     ours = figures["intake"]
     # The ceiling is the faster of the two bare runs: intake must not look better by choosing
     # a worker type that the bare endpoint was not given.
-    ceiling = max((row for name, row in figures.items() if name != "intake"), key=_rps)
+    ceiling = max((row for name, row in figures.items() if name.startswith("bare")), key=_rps)
     print(
         f"database: {db}; gunicorn x4 (intake {args.intake_threads} thread(s) per worker); "
         f"wrk -t2 -c32; {args.rounds} x {args.seconds} s; medians"
@@ -153,6 +165,7 @@ def main() -> None:
         "bare": "bare Flask, sync x4",
         "bare_threads": f"bare Flask, x4 with {args.intake_threads} threads",
         "intake": "intake POST /v1/assessments",
+        "intake_no_write": "  bound: intake, write removed",
     }
     for name, row in figures.items():
         print(f"{labels[name]:<36}{row['rps']:>10.0f}{row['p50_ms']:>10.2f}{row['p99_ms']:>10.2f}")
@@ -160,6 +173,9 @@ def main() -> None:
         f"ratio intake / ceiling (the faster bare run): {ours['rps'] / ceiling['rps']:.2f} "
         "(target >= 0.50)"
     )
+    if "intake_no_write" in figures:
+        bound = figures["intake_no_write"]["rps"] / ceiling["rps"]
+        print(f"bound: intake with its database write removed / ceiling: {bound:.2f}")
     print(
         f"end to end at {e2e['rate']:.0f}/s for {args.e2e_seconds:.0f} s "
         f"({e2e['count']} reports, {e2e['scored']} scored, "
