@@ -6,7 +6,7 @@ Every value can be overridden with GUNICORN_CMD_ARGS or the variables below.
 import os
 
 workers = int(os.environ.get("GUNICORN_WORKERS", "2"))
-# More than one thread makes gunicorn use its gthread worker. Intake runs 8: concurrent
+# More than one thread makes gunicorn use its gthread worker. Intake runs 16: concurrent
 # requests of one process then share a commit (shared/group_commit.py).
 threads = int(os.environ.get("GUNICORN_THREADS", "1"))
 worker_class = "sync"
