@@ -104,6 +104,7 @@ def start_redis(binary: str, port: int, data_dir: Path, log_file: Path) -> subpr
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.STDOUT,
+        start_new_session=True,  # see _service
     )
 
 
@@ -286,8 +287,10 @@ class LocalStack:
         def _stop(*_: object) -> None:
             stopping["flag"] = True
 
-        signal.signal(signal.SIGINT, _stop)
-        signal.signal(signal.SIGTERM, _stop)
+        # The processes are in sessions of their own (see _service): a closed terminal's SIGHUP
+        # must stop them through this process too.
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, _stop)
         logs = self.run_dir / "logs"
         while not stopping["flag"]:
             for child in self.procs:
@@ -327,7 +330,12 @@ class LocalStack:
 def _service(
     command: list[str], env: dict[str, str], log: Path, metrics_dir: Path | None
 ) -> subprocess.Popen[bytes]:
-    """Start one of the system's own processes from the project root, appending to its log."""
+    """Start one of the system's own processes from the project root, appending to its log.
+
+    In a session of its own: Ctrl-C in the terminal reaches only the run command, which stops
+    the processes one by one with SIGTERM. A gunicorn gthread worker that got the terminal's
+    SIGINT and then its master's SIGQUIT could hang in its thread pool's shutdown and keep the
+    port."""
     if metrics_dir is not None:  # a fresh start: the dead processes' metric files go
         shutil.rmtree(metrics_dir, ignore_errors=True)
         metrics_dir.mkdir(parents=True)
@@ -338,6 +346,7 @@ def _service(
             cwd=Path(__file__).resolve().parent.parent,
             stdout=out,
             stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
 
 

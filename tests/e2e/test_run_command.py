@@ -53,8 +53,8 @@ class Run:
 
 @contextmanager
 def running(tmp_path: Path) -> Iterator[Run]:
-    """The run command on free ports, under `tmp_path`; Ctrl-C at the end must exit 0 and free
-    the ports."""
+    """The run command on free ports, under `tmp_path`; Ctrl-C at the end (SIGINT to its process
+    group, as a terminal sends it) must exit 0 and free the ports."""
     intake_port, reporting_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
     env.update(
@@ -70,6 +70,7 @@ def running(tmp_path: Path) -> Iterator[Run]:
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
+            start_new_session=True,  # so that Ctrl-C can go to its whole process group
         )
     try:
         banner = wait_until(
@@ -87,7 +88,7 @@ def running(tmp_path: Path) -> Iterator[Run]:
             {"Authorization": f"Bearer {key}"},
         )
     finally:
-        proc.send_signal(signal.SIGINT)
+        os.killpg(proc.pid, signal.SIGINT)  # as Ctrl-C in a terminal: to the process group
         try:
             code = proc.wait(timeout=40)
         except subprocess.TimeoutExpired:
