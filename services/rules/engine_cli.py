@@ -5,7 +5,9 @@
 
 `evaluate` prints exact-level accuracy (acceptable_alternatives count as correct), 3-bucket
 accuracy (CLINICAL.md), under- and over-triage counts, every emergency scored below `emergency`,
-and a confusion matrix. It exits 1 when a threshold is missed or any emergency is under-triaged.
+the self-care rate on benign cases (gold `self_care`) and on benign, fully screened ones (gold
+`self_care` with no other level acceptable: the author judged the screen complete), and a
+confusion matrix. It exits 1 when a threshold is missed or any emergency is under-triaged.
 """
 
 from __future__ import annotations
@@ -44,6 +46,11 @@ class Evaluation:
     confusion: Counter[tuple[str, str]] = field(default_factory=Counter)
     flags_expected: int = 0
     flags_found: int = 0
+    benign: int = 0
+    benign_self_care: int = 0
+    screened_benign: int = 0
+    screened_benign_self_care: int = 0
+    benign_missed: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
 
@@ -84,6 +91,14 @@ def evaluate(ruleset: RuleSet, vignettes: list[dict[str, Any]]) -> Evaluation:
             result.bucket += 1
         if LEVEL_BUCKET[expected] == "emergent" and LEVEL_RANK[got] < LEVEL_RANK["emergency"]:
             result.missed_emergencies.append(f"{vid}: expected {expected}, got {got}")
+        if expected == "self_care":
+            result.benign += 1
+            result.benign_self_care += got == "self_care"
+            if accepted == {"self_care"}:
+                result.screened_benign += 1
+                result.screened_benign_self_care += got == "self_care"
+                if got != "self_care":
+                    result.benign_missed.append(f"{vid}: got {got}")
         fired = set()
         for flag in scored["red_flags"]:
             fired.add(flag["id"])
@@ -123,6 +138,17 @@ def print_evaluation(name: str, ev: Evaluation) -> None:
         print(f"  MISSED {line}")
     if ev.flags_expected:
         print(f"expected red flags found (by id or alias): {ev.flags_found}/{ev.flags_expected}")
+    print(
+        "self-care on benign cases (gold self_care): "
+        f"{ev.benign_self_care}/{ev.benign} = {_percent(ev.benign_self_care, ev.benign)}"
+    )
+    print(
+        "self-care on benign, fully screened cases (no other level acceptable): "
+        f"{ev.screened_benign_self_care}/{ev.screened_benign} = "
+        f"{_percent(ev.screened_benign_self_care, ev.screened_benign)}"
+    )
+    for line in ev.benign_missed:
+        print(f"  NOT SELF-CARE {line}")
     for line in ev.errors:
         print(f"  ERROR {line}")
     header = "expected \\ engine".ljust(20) + "".join(
@@ -143,8 +169,20 @@ def _evaluate_command(args: argparse.Namespace, ruleset: RuleSet) -> int:
         ev = evaluate(ruleset, _read_vignettes(Path(path)))
         print_evaluation(path, ev)
         print()
-        for name in ("total", "exact", "exact_strict", "bucket", "flags_expected", "flags_found"):
+        for name in (
+            "total",
+            "exact",
+            "exact_strict",
+            "bucket",
+            "flags_expected",
+            "flags_found",
+            "benign",
+            "benign_self_care",
+            "screened_benign",
+            "screened_benign_self_care",
+        ):
             setattr(combined, name, getattr(combined, name) + getattr(ev, name))
+        combined.benign_missed += ev.benign_missed
         combined.under += ev.under
         combined.over += ev.over
         combined.missed_emergencies += ev.missed_emergencies
@@ -161,6 +199,13 @@ def _evaluate_command(args: argparse.Namespace, ruleset: RuleSet) -> int:
         failed = True
     if args.min_bucket is not None and combined.bucket / combined.total < args.min_bucket:
         print(f"FAIL: 3-bucket accuracy below {args.min_bucket:.0%}")
+        failed = True
+    if (
+        args.min_self_care is not None
+        and combined.screened_benign
+        and combined.screened_benign_self_care / combined.screened_benign < args.min_self_care
+    ):
+        print(f"FAIL: self-care on benign, fully screened cases below {args.min_self_care:.0%}")
         failed = True
     if combined.missed_emergencies and not args.allow_missed_emergencies:
         print("FAIL: emergencies scored below emergency")
@@ -195,6 +240,11 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("files", nargs="+")
     ev.add_argument("--min-exact", type=float, help="fail below this exact accuracy (0-1)")
     ev.add_argument("--min-bucket", type=float, help="fail below this 3-bucket accuracy (0-1)")
+    ev.add_argument(
+        "--min-self-care",
+        type=float,
+        help="fail below this self-care rate on benign, fully screened cases (0-1)",
+    )
     ev.add_argument(
         "--allow-missed-emergencies",
         action="store_true",

@@ -25,7 +25,7 @@ from services.rules.engine.condition import (
 from services.rules.engine.facts import REPORT_FACTS, FactType
 from services.rules.engine.ruleset import Escalation, NamedCondition, Rule, RuleSet
 from services.rules.engine.synonyms import SynonymTable, build_table
-from shared.vocabulary import FINDING_CODES, LEVEL_RANK, TRIAGE_LEVELS
+from shared.vocabulary import FINDING_CODES, LEVEL_RANK, SAFETY_QUESTIONS, TRIAGE_LEVELS
 
 DEFAULT_DIRECTORY: Final = Path(__file__).resolve().parent.parent / "ruleset"
 
@@ -70,6 +70,8 @@ _RULESET_KEYS: Final = {
     "level_advice",
     "self_care_general",
     "safety_net",
+    "general_screen",
+    "recent_medicine_change_days",
 }
 
 
@@ -133,6 +135,9 @@ class _Builder:
         catalogue["medication_classes"] = FactType("list", frozenset(medications.classes))
         catalogue["condition_classes"] = FactType("list", frozenset(conditions.classes))
         catalogue["risk_tags"] = FactType("list", self.tags)
+        # From the report's medication_changes: medicines started or raised recently.
+        catalogue["recently_started_classes"] = FactType("list", frozenset(medications.classes))
+        catalogue["recently_started_tags"] = FactType("list", self.tags)
         self.compiler = Compiler(catalogue)
         self.derived_reads: dict[str, frozenset[str]] = {}
         # Facts that scoring reads from the facts dict after the conditions are evaluated:
@@ -350,6 +355,11 @@ def _named(
         weight = data.get("weight", 0)
         if isinstance(weight, bool) or not isinstance(weight, int) or not 0 <= weight <= 100:
             raise RuleSetError(f"{where}: weight must be an integer 0-100")
+        key_questions = (
+            _finding_list(data["key_questions"], where, "key_questions")
+            if "key_questions" in data
+            else ()
+        )
         text = _text(data["text"], where, "text") if "text" in data else ""
         if kind == "consideration" and not _POSSIBILITY.search(text):
             raise RuleSetError(
@@ -366,11 +376,24 @@ def _named(
                     source=_text(data["source"], where, "source") if "source" in data else "",
                     text=text,
                     advice=_texts(data["advice"], where, "advice") if "advice" in data else (),
+                    key_questions=key_questions,
                 ),
                 compiled,
             )
         )
     return out
+
+
+def _finding_list(value: Any, where: str, name: str) -> tuple[str, ...]:
+    """A non-empty list of distinct finding codes (a pattern's key questions, the screen)."""
+    if not isinstance(value, list) or not value:
+        raise RuleSetError(f"{where}: '{name}' must be a non-empty list of finding codes")
+    unknown = [code for code in value if code not in FINDING_CODES]
+    if unknown:
+        raise RuleSetError(f"{where}: '{name}' names unknown finding code(s) {unknown!r}")
+    if len(set(value)) != len(value):
+        raise RuleSetError(f"{where}: '{name}' lists a finding twice")
+    return tuple(value)
 
 
 def _changelog_version(directory: Path) -> str | None:
@@ -444,8 +467,20 @@ def load_ruleset(directory: str | Path | None = None) -> RuleSet:
         builder,
         main.get("benign_patterns"),
         "benign pattern",
-        {"title": True, "source": True, "advice": True},
+        {"title": True, "source": True, "advice": True, "key_questions": True},
     )
+    # CLINICAL.md rule 7 (b): the general screen is exactly the contract's ten safety questions.
+    general_screen = _finding_list(main.get("general_screen"), "ruleset.yaml", "general_screen")
+    if set(general_screen) != set(SAFETY_QUESTIONS):
+        raise RuleSetError(
+            "file ruleset.yaml: general_screen must list exactly the ten safety questions "
+            f"({', '.join(SAFETY_QUESTIONS)})"
+        )
+    change_days = main.get("recent_medicine_change_days")
+    if isinstance(change_days, bool) or not isinstance(change_days, int) or change_days <= 0:
+        raise RuleSetError(
+            "file ruleset.yaml: recent_medicine_change_days must be a positive whole number"
+        )
     risks = _named(
         builder,
         main.get("risk_modifiers"),
@@ -539,4 +574,6 @@ def load_ruleset(directory: str | Path | None = None) -> RuleSet:
         ),
         safety_net=_texts(main.get("safety_net"), "ruleset.yaml", "safety_net"),
         red_flag_findings=red_flag_findings,
+        general_screen=general_screen,
+        recent_medicine_change_days=change_days,
     )

@@ -73,6 +73,8 @@ class NamedCondition:
     source: str = ""
     text: str = ""
     advice: tuple[str, ...] = ()
+    # Benign patterns only: the pattern's own safety questions, most dangerous first (rule 7 a).
+    key_questions: tuple[str, ...] = ()
 
 
 class Sources(NamedTuple):
@@ -164,6 +166,10 @@ class RuleSet:
     self_care_general: tuple[str, ...]
     safety_net: tuple[str, ...]
     red_flag_findings: frozenset[str]
+    # CLINICAL.md rule 7 (b): the ten general safety questions, most dangerous first.
+    general_screen: tuple[str, ...] = SAFETY_QUESTIONS
+    # How many days a medicine started or raised (medication_changes) counts as recent.
+    recent_medicine_change_days: int = 90
     interpreter: str = "compiled"
 
     # -- facts ------------------------------------------------------------------------------
@@ -185,12 +191,29 @@ class RuleSet:
         if conditions is not None and type(conditions) is not list:
             reading.fields.append("conditions")
             conditions = None
-        sources = self._classes(_entries(medications), _entries(conditions))
+        changes = report.get("medication_changes")
+        recent: tuple[str, ...] = ()
+        taken = _entries(medications)
+        if changes:  # most reports have none: keep the common path free of this work
+            started, recent = _started_medicines(changes, self.recent_medicine_change_days, reading)
+            # A medicine started or raised is taken now, even when the medicines list (or an
+            # older copy of it) does not name it yet.
+            taken = taken + tuple(name for name in started if name not in taken)
+        elif changes is not None and type(changes) is not list:
+            reading.fields.append("medication_changes")
+        sources = self._classes(taken, _entries(conditions))
         # Fresh lists per report: the cached ones are shared (and JsonLogic's `in` wants lists).
         medication_classes, condition_classes, risk_tags = sources.class_facts
         facts["medication_classes"] = list(medication_classes)
         facts["condition_classes"] = list(condition_classes)
         facts["risk_tags"] = list(risk_tags)
+        if recent:
+            recent_classes, _, recent_tags, _ = self._medication_classes(recent)
+            facts["recently_started_classes"] = list(recent_classes)
+            facts["recently_started_tags"] = list(recent_tags)
+        else:
+            facts["recently_started_classes"] = []
+            facts["recently_started_tags"] = []
         return facts, sources, reading
 
     @functools.cached_property
@@ -262,17 +285,17 @@ class RuleSet:
         facts, sources, reading = self._read(report)
         selected_rules, selected_risks, selected_considerations = self.evaluate(facts)
         fired = self._fire(facts, sources, selected_rules)
-        unanswered = [q for q in SAFETY_QUESTIONS if facts[q] is None]
-        matched_patterns: list[NamedCondition] = []
+        screened: dict[str, str] = {}
         if fired:
             (negative_rank, _, _), _ = fired[0]
             level = _LEVEL_BY_RANK[-negative_rank]
+            unanswered = [q for q in self.general_screen if facts[q] is None]
         else:
             patterns = self.benign_patterns
-            matched_patterns = [patterns[i] for i in self.select_benign_patterns(facts)]
-            # CLINICAL.md rule 7: self_care only with a benign pattern and every safety answer "no".
-            all_no = all(facts[q] is False for q in SAFETY_QUESTIONS)
-            level = SELF_CARE if matched_patterns and all_no else DEFAULT_LEVEL
+            matched = [patterns[i] for i in self.select_benign_patterns(facts)]
+            screened, unanswered = self.safety_screen(facts, matched)
+            level = SELF_CARE if screened else DEFAULT_LEVEL
+        qualified = [p for p in self.benign_patterns if p.id in screened]
         modifiers = self.risk_modifiers
         risks = [modifiers[i] for i in selected_risks]
         considerations = self.considerations
@@ -282,9 +305,10 @@ class RuleSet:
             "red_flags": [flag for _, flag in fired],
             "unanswered_safety_questions": unanswered,
             "considerations": [considerations[i].text for i in selected_considerations],
-            "advice": self._advice(level, matched_patterns),
+            "advice": self._advice(level, qualified),
             "ruleset_version": self.version,
-            "benign_patterns": [p.id for p in matched_patterns] if level == SELF_CARE else [],
+            "benign_patterns": [p.id for p in qualified],
+            "safety_screen": screened,
             "risk_modifiers": [m.id for m in risks],
             "medication_classes": _lists(sources.medications),
             "condition_classes": _lists(sources.conditions),
@@ -295,6 +319,46 @@ class RuleSet:
                 "fields": reading.fields,
             },
         }
+
+    def safety_screen(
+        self, facts: Facts, matched: list[NamedCondition]
+    ) -> tuple[dict[str, str], list[str]]:
+        """CLINICAL.md rule 7, for a report no rule fired on and the benign patterns it matches.
+
+        Returns ({pattern id: "key_questions" | "general_screen"} for the patterns that allow
+        self_care, empty when none does; the unanswered safety questions, the nurse's next
+        questions: the matching patterns' missing key questions first, then the general
+        screen's, each most dangerous first; empty when self_care is allowed).
+        A "yes" to a general-screen question, or to a key question of any matching pattern,
+        allows no self_care at all.
+        """
+        screen = self.general_screen
+        general_all_no = True
+        blocked = False
+        for question in screen:
+            answer = facts[question]
+            if answer is not False:
+                general_all_no = False
+                if answer is True:
+                    blocked = True
+        screened: dict[str, str] = {}
+        for pattern in matched:
+            answers = [facts[q] for q in pattern.key_questions]
+            if True in answers:
+                blocked = True
+            elif all(answer is False for answer in answers):
+                screened[pattern.id] = "key_questions"
+            elif general_all_no:
+                screened[pattern.id] = "general_screen"
+        if screened and not blocked:
+            return screened, []
+        unanswered: list[str] = []
+        for pattern in matched:
+            unanswered.extend(
+                q for q in pattern.key_questions if facts[q] is None and q not in unanswered
+            )
+        unanswered.extend(q for q in screen if facts[q] is None and q not in unanswered)
+        return {}, unanswered
 
     def _priority(self, level: str, fired: list[_Fired], risks: list[NamedCondition]) -> int:
         low, high = self.priority_bands[level]
@@ -431,22 +495,89 @@ class RuleSet:
             )
         else:
             lines.append("  no rule fired")
-            for pattern in self.benign_patterns:
-                if evaluate(pattern.condition, facts):
-                    lines.append(f"  benign pattern {pattern.id} matches: {pattern.title}")
-            answered_no = [q for q in SAFETY_QUESTIONS if facts[q] is False]
-            if result["triage"] == SELF_CARE:
-                lines.append("  all safety questions answered no -> self_care (CLINICAL.md rule 7)")
-            else:
-                lines.append(
-                    f"  default consultation (CLINICAL.md rules 5 and 7): "
-                    f"{len(answered_no)}/{len(SAFETY_QUESTIONS)} safety questions answered no"
-                )
+            lines.extend(self._explain_screen(facts, result))
         if result["unanswered_safety_questions"]:
             lines.append(f"  ask next: {', '.join(result['unanswered_safety_questions'])}")
         if result["risk_modifiers"]:
             lines.append(f"  risk modifiers (priority only): {', '.join(result['risk_modifiers'])}")
         return lines
+
+    def _explain_screen(self, facts: Facts, result: dict[str, Any]) -> list[str]:
+        """The benign patterns and the safety screen (CLINICAL.md rule 7), for `explain`."""
+        lines = []
+        screened = result["safety_screen"]
+        matched = [p for p in self.benign_patterns if evaluate(p.condition, facts)]
+        if not matched:
+            lines.append("  no benign pattern matches")
+        for pattern in matched:
+            answers = ", ".join(f"{q}={_answer(facts[q])}" for q in pattern.key_questions)
+            lines.append(f"  benign pattern {pattern.id} matches: {pattern.title}")
+            lines.append(f"      key questions: {answers}")
+            if screened.get(pattern.id) == "key_questions":
+                lines.append("      qualifies by its key questions (all answered no)")
+            elif screened.get(pattern.id) == "general_screen":
+                lines.append("      qualifies by the general screen (all ten answered no)")
+            else:
+                lines.append("      does not qualify for self_care")
+        general = ", ".join(f"{q}={_answer(facts[q])}" for q in self.general_screen)
+        lines.append(f"  general screen: {general}")
+        if result["triage"] == SELF_CARE:
+            lines.append(
+                "  no rule fired, a benign pattern qualified and no screen question was answered"
+                " yes -> self_care (CLINICAL.md rule 7)"
+            )
+        else:
+            yes = [
+                q
+                for q in (*self.general_screen, *(k for p in matched for k in p.key_questions))
+                if facts[q] is True
+            ]
+            why = (
+                f"screen question(s) answered yes: {', '.join(dict.fromkeys(yes))}"
+                if yes
+                else "no benign pattern matches"
+                if not matched
+                else "neither a pattern's key questions nor the general screen all answered no"
+            )
+            lines.append(f"  default consultation (CLINICAL.md rules 5 and 7): {why}")
+        return lines
+
+
+def _answer(value: bool | None) -> str:
+    return "unknown" if value is None else ("yes" if value else "no")
+
+
+def _started_medicines(
+    changes: Any, window_days: int, reading: ReportReading
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """From `medication_changes` (contract v1.1): the names of medicines started or raised (taken
+    now), and of those started or raised within `window_days`. Malformed entries are skipped and
+    reported in `reading.fields`, never guessed."""
+    if type(changes) is not list:
+        reading.fields.append("medication_changes")
+        return (), ()
+    started: list[str] = []
+    recent: list[str] = []
+    for index, change in enumerate(changes):
+        name = change.get("name") if type(change) is dict else None
+        kind = change.get("change") if type(change) is dict else None
+        days = change.get("days_ago") if type(change) is dict else None
+        days_number = days if type(days) in (int, float) and days == days else None
+        if (
+            type(name) is not str
+            or kind not in ("started", "dose_increased", "stopped")
+            or days_number is None
+            or days_number < 0
+        ):
+            reading.fields.append(f"medication_changes.{index}")
+            continue
+        if kind == "stopped":
+            continue
+        if name not in started:
+            started.append(name)
+        if days_number <= window_days and name not in recent:
+            recent.append(name)
+    return tuple(started), tuple(recent)
 
 
 def _escalate(

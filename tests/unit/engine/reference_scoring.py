@@ -1,7 +1,9 @@
 """The rule engine's scoring as it was before it was optimised: a slow, plain oracle for the tests.
 
 `reference_score(ruleset, report)` follows the straightforward code of commit 5118b02 step by
-step - the careful report reader, class mapping without caches, `condition.evaluate` (the tree
+step (with rule set 2026.12.1's per-pattern safety screens and medicine changes written out as
+plainly as CLINICAL.md rule 7 words them) - the careful report reader, class mapping without
+caches, `condition.evaluate` (the tree
 interpreter) for every condition, a renderer call per `because` token, sorting the red flags by
 key - reading only the rule set's data (rules, tokens, tables, bands, advice), never its compiled
 closures, generated renderers or caches. The optimised `RuleSet.score` must return the same dict,
@@ -59,9 +61,34 @@ def reference_facts(ruleset: RuleSet, report: dict[str, Any]) -> tuple[Facts, Cl
     if conditions is not None and type(conditions) is not list:
         reading.fields.append("conditions")
         conditions = None
+    taken = list(_entries(medications))
+    recent: list[str] = []
+    changes = report.get("medication_changes")
+    if changes is not None and type(changes) is not list:
+        reading.fields.append("medication_changes")
+    for index, change in enumerate(changes if type(changes) is list else []):
+        ok = type(change) is dict
+        name = change.get("name") if ok else None
+        kind = change.get("change") if ok else None
+        days = change.get("days_ago") if ok else None
+        if (
+            not isinstance(name, str)
+            or kind not in ("started", "dose_increased", "stopped")
+            or type(days) not in (int, float)
+            or days != days
+            or days < 0
+        ):
+            reading.fields.append(f"medication_changes.{index}")
+            continue
+        if kind != "stopped":
+            if name not in taken:
+                taken.append(name)
+            if days <= ruleset.recent_medicine_change_days and name not in recent:
+                recent.append(name)
     by_medication, unknown_medications, medication_tags, implied = _by_kind(
-        ruleset.medications, _entries(medications)
+        ruleset.medications, tuple(taken)
     )
+    recent_classes, _, recent_tags, _ = _by_kind(ruleset.medications, tuple(recent))
     by_condition, unknown_conditions, condition_tags, _ = _by_kind(
         ruleset.conditions, _entries(conditions)
     )
@@ -82,6 +109,8 @@ def reference_facts(ruleset: RuleSet, report: dict[str, Any]) -> tuple[Facts, Cl
     facts["medication_classes"] = list(by_medication)
     facts["condition_classes"] = sorted(conditions_all)
     facts["risk_tags"] = sorted(tags)
+    facts["recently_started_classes"] = list(recent_classes)
+    facts["recently_started_tags"] = list(recent_tags)
     for derived in ruleset.derived:
         facts[derived.id] = bool(evaluate(derived.condition, facts))
     unknown = {"medications": unknown_medications, "conditions": unknown_conditions}
@@ -153,14 +182,36 @@ def reference_score(ruleset: RuleSet, report: dict[str, Any]) -> dict[str, Any]:
     """What `ruleset.score(report)` returned before the optimisation."""
     facts, sources, (reading, unknown) = reference_facts(ruleset, report)
     fired = _fire(ruleset, facts, sources)
-    unanswered = [q for q in SAFETY_QUESTIONS if facts[q] is None]
+    screen = ruleset.general_screen
+    assert set(screen) == set(SAFETY_QUESTIONS)
+    unanswered = [q for q in screen if facts[q] is None]
     patterns = []
+    screened: dict[str, str] = {}
     if fired:
         level = max((level for _, level, _, _ in fired), key=LEVEL_RANK.__getitem__)
     else:
-        patterns = [p for p in ruleset.benign_patterns if evaluate(p.condition, facts)]
-        all_no = all(facts[q] is False for q in SAFETY_QUESTIONS)
-        level = "self_care" if patterns and all_no else "consultation"
+        matched = [p for p in ruleset.benign_patterns if evaluate(p.condition, facts)]
+        # Rule 7: no "yes" to the general screen or to a matching pattern's key questions, and
+        # a pattern whose key questions, or the whole general screen, are all answered "no".
+        asked = list(screen) + [q for p in matched for q in p.key_questions]
+        any_yes = any(facts[q] is True for q in asked)
+        general_no = all(facts[q] is False for q in screen)
+        for p in matched:
+            if all(facts[q] is False for q in p.key_questions):
+                screened[p.id] = "key_questions"
+            elif general_no and not any(facts[q] is True for q in p.key_questions):
+                screened[p.id] = "general_screen"
+        if any_yes:
+            screened = {}
+        patterns = [p for p in matched if p.id in screened]
+        level = "self_care" if screened else "consultation"
+        if level == "self_care":
+            unanswered = []
+        else:
+            unanswered = []
+            for q in [*(k for p in matched for k in p.key_questions), *screen]:
+                if facts[q] is None and q not in unanswered:
+                    unanswered.append(q)
     risks = [m for m in ruleset.risk_modifiers if evaluate(m.condition, facts)]
 
     low, high = ruleset.priority_bands[level]
@@ -207,7 +258,8 @@ def reference_score(ruleset: RuleSet, report: dict[str, Any]) -> dict[str, Any]:
         "considerations": [c.text for c in ruleset.considerations if evaluate(c.condition, facts)],
         "advice": advice,
         "ruleset_version": ruleset.version,
-        "benign_patterns": [p.id for p in patterns] if level == "self_care" else [],
+        "benign_patterns": [p.id for p in patterns],
+        "safety_screen": screened,
         "risk_modifiers": [m.id for m in risks],
         "medication_classes": {k: list(v) for k, v in sources["medications"].items()},
         "condition_classes": {k: list(v) for k, v in sources["conditions"].items()},

@@ -70,27 +70,47 @@ def test_any_valid_report_scores_without_error(ruleset, report) -> None:
     low, high = ruleset.priority_bands[result["triage"]]
     assert low <= result["priority"] <= high
     assert json.loads(json.dumps(result)) == result
-    assert result["unanswered_safety_questions"] == [
-        q for q in SAFETY_QUESTIONS if report["findings"].get(q) is None
+    unanswered = result["unanswered_safety_questions"]
+    if result["triage"] == "self_care":
+        assert unanswered == []
+        return
+    # Every unasked general-screen question is listed once; anything else listed is an unasked
+    # key question of a benign pattern; the screen's own questions keep the screen's order.
+    assert len(set(unanswered)) == len(unanswered)
+    assert all(report["findings"].get(q) is None for q in unanswered)
+    unasked_screen = [q for q in ruleset.general_screen if report["findings"].get(q) is None]
+    key_questions = {q for p in ruleset.benign_patterns for q in p.key_questions}
+    assert set(unasked_screen) <= set(unanswered) <= set(unasked_screen) | key_questions
+    assert [q for q in unanswered if q not in key_questions] == [
+        q for q in unasked_screen if q not in key_questions
     ]
 
 
 @PROFILE
 @given(report=reports(), data=st.data())
-def test_an_unknown_safety_answer_never_yields_self_care(ruleset, report, data) -> None:
+def test_an_unknown_safety_answer_allows_self_care_only_by_a_patterns_key_questions(
+    ruleset, report, data
+) -> None:
     question = data.draw(st.sampled_from(SAFETY_QUESTIONS))
     report["findings"].pop(question, None)
-    assert ruleset.score(report)["triage"] != "self_care"
+    result = ruleset.score(report)
+    if result["triage"] == "self_care":
+        # CLINICAL.md rule 7 (a): the general screen is incomplete, so every qualifying
+        # pattern qualified by its own key questions, and the unknown one is none of them.
+        assert set(result["safety_screen"].values()) == {"key_questions"}
+        patterns = {p.id: p for p in ruleset.benign_patterns}
+        for pattern_id in result["safety_screen"]:
+            assert question not in patterns[pattern_id].key_questions
 
 
 @PROFILE
 @given(report=reports())
-def test_self_care_only_without_fired_rules_and_with_all_safety_answers_no(ruleset, report) -> None:
+def test_self_care_only_without_fired_rules_and_with_no_safety_answer_yes(ruleset, report) -> None:
     result = ruleset.score(report)
     if result["triage"] == "self_care":
         assert result["red_flags"] == []
-        assert all(report["findings"].get(q) is False for q in SAFETY_QUESTIONS)
-        assert result["benign_patterns"]
+        assert not any(report["findings"].get(q) is True for q in SAFETY_QUESTIONS)
+        assert result["benign_patterns"] == list(result["safety_screen"])
         assert any("not improved after a few days" in a for a in result["advice"])
 
 

@@ -100,7 +100,8 @@ def test_medication_and_condition_free_text_maps_to_classes(ruleset) -> None:
 
 def test_statin_reason_names_the_patients_own_words(ruleset) -> None:
     result = ruleset.score(report(medications=["Lipitor 20mg"], findings={"soreness": True}))
-    assert result["triage"] == "consultation_24"
+    assert result["triage"] == "consultation"  # NICE CKS: aches alone, routine with priority
+    assert result["red_flags"][0]["id"] == "RF_STATIN_MUSCLE"
     assert "medication:statin (Lipitor 20mg)" in result["red_flags"][0]["because"]
 
 
@@ -120,7 +121,8 @@ def test_medicines_imply_conditions(ruleset) -> None:
 def test_missing_optional_keys_use_contract_defaults(ruleset) -> None:
     result = ruleset.score(report())
     assert result["triage"] == "consultation"  # nothing fired, nothing asked
-    assert result["unanswered_safety_questions"] == list(SAFETY_QUESTIONS)
+    assert result["unanswered_safety_questions"] == list(ruleset.general_screen)
+    assert set(ruleset.general_screen) == set(SAFETY_QUESTIONS)
     assert result["not_understood"] == {
         "medications": [],
         "conditions": [],
@@ -153,7 +155,11 @@ def test_unknown_safety_answers_block_self_care_and_are_listed_in_order(ruleset)
     )
     unasked = ruleset.score(doms)
     assert unasked["triage"] == "consultation"
-    assert unasked["unanswered_safety_questions"] == list(SAFETY_QUESTIONS)
+    # The pattern's key questions first (most dangerous first), then the rest of the screen.
+    key = ["dark_urine", "muscle_swelling", "pain_out_of_proportion"]
+    rest = [q for q in ruleset.general_screen if q not in key]
+    assert unasked["unanswered_safety_questions"] == key + rest
+    assert rest[0] == "face_drooping"
     answered = copy.deepcopy(doms)
     answered["findings"].update(ALL_NO)
     result = ruleset.score(answered)
@@ -161,9 +167,11 @@ def test_unknown_safety_answers_block_self_care_and_are_listed_in_order(ruleset)
     assert result["unanswered_safety_questions"] == []
     assert "BP_DOMS" in result["benign_patterns"]
     assert any("has not improved after a few days" in a for a in result["advice"])
-    answered["findings"]["chest_pain"] = None
-    del answered["findings"]["chest_pain"]
-    assert ruleset.score(answered)["unanswered_safety_questions"] == ["chest_pain"]
+    # The whole general screen answered no stands in for the pattern's unasked key questions.
+    assert result["safety_screen"] == {
+        "BP_DOMS": "general_screen",
+        "BP_MINOR_STRAIN": "general_screen",
+    }
 
 
 def test_no_rule_and_no_benign_pattern_defaults_to_consultation(ruleset) -> None:
