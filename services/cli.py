@@ -9,6 +9,7 @@ myotriage integration add-secret ID [--expire-others-in-hours H]   rotate its si
 myotriage integration list
 myotriage relay                       run the outbox relay
 myotriage rescore [--id ID ...|--all] re-score under the current rule set (keeps old results)
+myotriage rescore --all --dry-run [--json]   what a re-score would change; writes no result
 myotriage evaluate FILE.jsonl         the rule engine against vignettes
 myotriage explain REPORT.json         the level and why, rule by rule
 """
@@ -129,7 +130,10 @@ def _relay(_: argparse.Namespace) -> int:
 def _rescore(args: argparse.Namespace) -> int:
     from services.rules.rescoring import rescore
 
-    return rescore(args.id, all_assessments=args.all)
+    if args.json and not args.dry_run:
+        print("error: --json goes with --dry-run", file=sys.stderr)
+        return 2
+    return rescore(args.id, all_assessments=args.all, dry_run=args.dry_run, as_json=args.json)
 
 
 def _engine(argv: list[str]) -> int:
@@ -199,6 +203,13 @@ def build_parser() -> argparse.ArgumentParser:
     target = rescore.add_mutually_exclusive_group(required=True)
     target.add_argument("--id", action="append", help="an assessment id; repeat")
     target.add_argument("--all", action="store_true", help="every scored assessment")
+    rescore.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="score in memory and print what would change (counts, levels, rule ids); "
+        "write no result",
+    )
+    rescore.add_argument("--json", action="store_true", help="with --dry-run: print it as JSON")
     rescore.set_defaults(func=_rescore)
 
     for name, text in (

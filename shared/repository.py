@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Table, bindparam, select, update
+from sqlalchemy import Table, and_, bindparam, select, update
 from sqlalchemy.orm import Session
 
 from shared.celery_app import SCORE_TASK, SCORING_QUEUE
@@ -93,6 +93,47 @@ def result_for_version(
         select(TriageResult).where(
             TriageResult.assessment_id == assessment_id,
             TriageResult.ruleset_version == ruleset_version,
+        )
+    )
+
+
+def scored_assessment_ids(session: Session) -> list[str]:
+    """Every scored assessment's id, oldest first (ids are UUIDv7): the admin re-score's list."""
+    return list(
+        session.scalars(
+            select(Assessment.id).where(Assessment.status == "scored").order_by(Assessment.id)
+        )
+    )
+
+
+def assessments_with_current_result(
+    session: Session, assessment_ids: Sequence[str]
+) -> list[tuple[Assessment, TriageResult | None]]:
+    """The assessments among `assessment_ids` that exist, each with its current result (or None),
+    in id order. Keep `assessment_ids` to a few hundred: they go into one `IN (...)`."""
+    query = (
+        select(Assessment, TriageResult)
+        .outerjoin(
+            TriageResult,
+            and_(TriageResult.assessment_id == Assessment.id, TriageResult.current.is_(True)),
+        )
+        .where(Assessment.id.in_(assessment_ids))
+        .order_by(Assessment.id)
+    )
+    return [(row[0], row[1]) for row in session.execute(query).all()]
+
+
+def assessment_ids_with_result_for_version(
+    session: Session, assessment_ids: Sequence[str], ruleset_version: str
+) -> set[str]:
+    """Which of `assessment_ids` already have a result under `ruleset_version` (current or not):
+    the ones a re-score under that version leaves as they are."""
+    return set(
+        session.scalars(
+            select(TriageResult.assessment_id).where(
+                TriageResult.assessment_id.in_(assessment_ids),
+                TriageResult.ruleset_version == ruleset_version,
+            )
         )
     )
 

@@ -7,6 +7,7 @@ task delivered twice (worker killed after commit, relay re-publishing) is harmle
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
 from sqlalchemy.exc import IntegrityError
@@ -17,7 +18,7 @@ from services.rules.engine import RuleSet
 from shared import repository
 from shared.celery_app import SCORE_TASK
 from shared.db import transaction
-from shared.models import TriageResult, new_id, utcnow
+from shared.models import Assessment, TriageResult, new_id, utcnow
 
 log = structlog.get_logger("myotriage.rules")
 
@@ -64,7 +65,7 @@ def score_assessment(
                 assessment_id, "already_scored", done.triage_level, done.ruleset_version
             )
 
-        result = ruleset.score(dict(assessment.report))
+        result = score_stored_report(ruleset, assessment)
         now = utcnow()
         priority = int(result["priority"])
         triage_result = TriageResult(
@@ -103,6 +104,12 @@ def score_assessment(
         red_flags=[flag["id"] for flag in result["red_flags"]],
     )
     return ScoreOutcome(assessment_id, "scored", result["triage"], ruleset.version)
+
+
+def score_stored_report(ruleset: RuleSet, assessment: Assessment) -> dict[str, Any]:
+    """The engine's result for a stored assessment's report, as scoring stores it; a re-score
+    preview calls this too, so it compares exactly what a re-score would store."""
+    return ruleset.score(dict(assessment.report))
 
 
 def _mark_done(sessions: sessionmaker[Session], assessment_id: str) -> None:
