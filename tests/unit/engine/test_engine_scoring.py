@@ -32,7 +32,15 @@ def _vignettes(name: str) -> list[dict[str, Any]]:
         return [json.loads(line) for line in handle if line.strip()]
 
 
-@pytest.mark.parametrize("name", ["vignettes-public.jsonl", "vignettes-team.jsonl"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "vignettes-public.jsonl",
+        "vignettes-team.jsonl",
+        "vignettes-redteam.jsonl",
+        "vignettes-content2.jsonl",
+    ],
+)
 def test_vignette_accuracy_meets_the_bar(ruleset, name: str) -> None:
     vignettes = _vignettes(name)
     ev = evaluate(ruleset, vignettes)
