@@ -34,6 +34,7 @@ _PHI_KEYS = frozenset(
         "report",
         "free_text",
         "medications",
+        "medication_changes",
         "conditions",
         "findings",
         "patient_id",

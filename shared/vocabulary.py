@@ -1,4 +1,4 @@
-"""The clinical vocabulary of the v1 symptom report contract (../shared/docs/SYMPTOM_REPORT.md).
+"""The clinical vocabulary of the symptom report contract (docs/SYMPTOM_REPORT.md, v1.1).
 
 Every service, the schemas and the rule engine take their codes from here, so a code is spelled
 in exactly one place.
@@ -49,6 +49,8 @@ WEAKNESS_DISTRIBUTIONS: Final = (
     "distal",
     "generalized",
 )
+# medication_changes[].change (contract v1.1).
+MEDICATION_CHANGES: Final = ("started", "dose_increased", "stopped")
 
 FINDING_CODES: Final = (
     # Weakness and movement

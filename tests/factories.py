@@ -1,4 +1,4 @@
-"""Valid v1 symptom reports to start from (the contract's own example, and variations)."""
+"""Valid symptom reports to start from (the contract's own example, and variations)."""
 
 from __future__ import annotations
 
@@ -32,6 +32,19 @@ CONTRACT_EXAMPLE: dict[str, Any] = {
     "conditions": ["type 2 diabetes"],
     "glucose_mmol_l": None,
     "free_text": "Right hand getting weaker for 4 months, can't turn keys.",
+}
+
+# One entry of medication_changes (contract v1.1): a statin started a month ago.
+MEDICATION_CHANGE: dict[str, Any] = {"name": "atorvastatin", "change": "started", "days_ago": 30}
+
+# The contract example with the v1.1 field: an EHR that knows the medication history.
+WITH_MEDICATION_CHANGES: dict[str, Any] = {
+    **copy.deepcopy(CONTRACT_EXAMPLE),
+    "medication_changes": [
+        dict(MEDICATION_CHANGE),
+        {"name": "simvastatin 40 mg", "change": "stopped", "days_ago": 31},
+        {"name": "levothyroxine", "change": "dose_increased", "days_ago": 0.5},
+    ],
 }
 
 ALL_SAFETY_NO = dict.fromkeys(SAFETY_QUESTIONS, False)

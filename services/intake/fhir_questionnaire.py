@@ -5,6 +5,10 @@ The Questionnaire is generated from the v1 marshmallow schema and shared/vocabul
 field or finding added there appears here without anyone editing this file. Every item's
 `linkId` is the contract's own name: `onset_days`, `patient.age`, `findings.weak_grip`; an
 error the v1 schema reports for field `patient.age` therefore points at linkId `patient.age`.
+A list of objects (`medication_changes`, contract v1.1) is a repeating group: one group item
+per entry, its fields as child items (`medication_changes.days_ago`); an error for entry 2's
+`days_ago` (field `medication_changes.1.days_ago`) points at linkId `medication_changes.days_ago`
+and names repetition 2.
 
 Two levels of refusal, as the FHIR REST spec draws them:
 - 400: not a valid QuestionnaireResponse at all (fhir.resources refuses it, or a value[x] has
@@ -33,7 +37,7 @@ from shared.vocabulary import FINDING_CODES
 
 QUESTIONNAIRE_ID: Final = "myotriage-symptom-report-v1"
 QUESTIONNAIRE_URL: Final = f"https://myotriage.example/fhir/Questionnaire/{QUESTIONNAIRE_ID}"
-QUESTIONNAIRE_VERSION: Final = "1.0.0"
+QUESTIONNAIRE_VERSION: Final = "1.1.0"  # contract v1.1
 CODE_SYSTEM_BASE: Final = "https://myotriage.example/fhir/CodeSystem/"
 SNOMED: Final = "http://snomed.info/sct"
 FHIR_MEDIA_TYPE: Final = "application/fhir+json"
@@ -98,6 +102,10 @@ QUESTION_TEXT: Final[Mapping[str, str]] = {
     "unknown, while No means the patient said no.",
     "medications": "Current medications as written (one per answer)",
     "conditions": "Known conditions or diagnoses (one per answer)",
+    "medication_changes": "Recent changes to medicines, when known (one group per change)",
+    "medication_changes.name": "Medicine, as written",
+    "medication_changes.change": "What changed: started, dose increased or stopped?",
+    "medication_changes.days_ago": "How many days ago? (fractions for hours: 0.25 = 6 hours)",
     "glucose_mmol_l": "Latest finger-prick glucose, in mmol/L",
     "free_text": "In the patient's own words (shown to clinicians, never used for triage)",
 }
@@ -163,6 +171,7 @@ class ItemSpec:
     maximum: float | None = None
     max_length: int | None = None
     regex: str | None = None
+    max_occurs: int | None = None
 
     @property
     def answer_key(self) -> str:
@@ -191,12 +200,29 @@ def _validator(field: fields.Field, kind: type) -> Any:
 
 def _item_spec(name: str, field: fields.Field, path: tuple[str, ...]) -> ItemSpec:
     link_id = ".".join(path)
+    occurs = _validator(field, validate.Length) if isinstance(field, fields.List) else None
+    max_occurs = occurs.max if occurs is not None else None
     if isinstance(field, fields.Nested):
         nested = field.schema
         children = tuple(
             _item_spec(child, sub, (*path, child)) for child, sub in nested.fields.items()
         )
         return ItemSpec(link_id, "group", path, required=field.required, children=children)
+    if isinstance(field, fields.List) and isinstance(field.inner, fields.Nested):
+        # A list of objects: a repeating group, one repetition per entry.
+        nested = field.inner.schema
+        children = tuple(
+            _item_spec(child, sub, (*path, child)) for child, sub in nested.fields.items()
+        )
+        return ItemSpec(
+            link_id,
+            "group",
+            path,
+            required=field.required,
+            repeats=True,
+            children=children,
+            max_occurs=max_occurs,
+        )
     if isinstance(field, FindingsField):
         children = tuple(
             ItemSpec(f"{link_id}.{code}", "boolean", (*path, code)) for code in FINDING_CODES
@@ -234,6 +260,7 @@ def _item_spec(name: str, field: fields.Field, path: tuple[str, ...]) -> ItemSpe
         maximum=value_range.max if value_range is not None else None,
         max_length=length.max if length is not None else None,
         regex=regexp.regex.pattern if regexp is not None else None,
+        max_occurs=max_occurs,
     )
 
 
@@ -256,6 +283,18 @@ def specs_by_link_id() -> dict[str, ItemSpec]:
 
     walk(item_specs())
     return out
+
+
+@cache
+def repeating_group_of() -> dict[str, ItemSpec]:
+    """The items inside a repeating group (by linkId) → that group. Their answers belong to one
+    repetition of the group, so they are collected, required and reported per repetition."""
+    return {
+        child.link_id: spec
+        for spec in specs_by_link_id().values()
+        if spec.item_type == "group" and spec.repeats
+        for child in spec.children
+    }
 
 
 def _question_text(spec: ItemSpec) -> str:
@@ -308,6 +347,13 @@ def _questionnaire_item(spec: ItemSpec) -> dict[str, Any]:
     if spec.regex is not None:
         extensions.append(
             {"url": "http://hl7.org/fhir/StructureDefinition/regex", "valueString": spec.regex}
+        )
+    if spec.max_occurs is not None:
+        extensions.append(
+            {
+                "url": "http://hl7.org/fhir/StructureDefinition/questionnaire-maxOccurs",
+                "valueInteger": spec.max_occurs,
+            }
         )
     if extensions:
         item["extension"] = extensions
@@ -380,7 +426,7 @@ def report_from_questionnaire_response(resource: Any) -> dict[str, Any]:
     _check_fhir_validity(resource)
     issues: list[dict[str, Any]] = []
     _check_header(resource, issues)
-    answers = _collect_answers(resource.get("item") or [], issues)
+    answers, repetitions = _collect_answers(resource.get("item") or [], issues)
     report: dict[str, Any] = {}
     for link_id, answer_list in answers.items():
         spec = specs_by_link_id()[link_id]
@@ -388,10 +434,24 @@ def report_from_questionnaire_response(resource: Any) -> dict[str, Any]:
         if values is None:
             continue
         _place(report, spec.path, values if spec.repeats else values[0])
+    for link_id, group_repetitions in repetitions.items():
+        spec = specs_by_link_id()[link_id]
+        entries = [
+            _group_entry(spec, number, repetition, issues)
+            for number, repetition in enumerate(group_repetitions, start=1)
+        ]
+        _place(report, spec.path, entries)
     _fill_patient_id(resource, report, issues)
+    in_repeating_group = repeating_group_of()
     for spec in specs_by_link_id().values():
         # An item answered wrongly has its own issue already; "required" is for the unanswered.
-        if spec.required and spec.item_type != "group" and spec.link_id not in answers:
+        # Items of a repeating group are required in each repetition (see `_group_entry`).
+        if (
+            spec.required
+            and spec.item_type != "group"
+            and spec.link_id not in answers
+            and spec.link_id not in in_repeating_group
+        ):
             issues.append(issue("required", f"Item '{spec.link_id}' is required.", spec.link_id))
     if issues:
         raise QuestionnaireResponseRefused(422, issues)
@@ -536,19 +596,30 @@ def _check_header(resource: dict[str, Any], issues: list[dict[str, Any]]) -> Non
         )
 
 
+# linkId → its answers; and for each repeating group, one such mapping per repetition.
+_Answers = dict[str, list[dict[str, Any]]]
+
+
 def _collect_answers(
     items: list[dict[str, Any]], issues: list[dict[str, Any]]
-) -> dict[str, list[dict[str, Any]]]:
-    """linkId → its answers, from items at any depth (groups may be nested or flattened)."""
+) -> tuple[_Answers, dict[str, list[_Answers]]]:
+    """linkId → its answers, from items at any depth (groups may be nested or flattened), and
+    the repetitions of each repeating group. A repeating group cannot be flattened: which
+    repetition an answer belongs to is known only from the group item it sits in."""
     known = specs_by_link_id()
-    out: dict[str, list[dict[str, Any]]] = {}
+    in_repeating_group = repeating_group_of()
+    out: _Answers = {}
+    repetitions: dict[str, list[_Answers]] = {}
     seen: set[str] = set()
 
-    def walk(level: list[dict[str, Any]]) -> None:
+    def walk(level: list[dict[str, Any]], within: tuple[str, int, _Answers] | None) -> None:
+        """`within`: the repeating group's linkId, the repetition's number and its answers."""
         for item in level:
             link_id = item["linkId"]
             spec = known.get(link_id)
             answers = item.get("answer") or []
+            group = in_repeating_group.get(link_id)
+            repeating = spec is not None and spec.item_type == "group" and spec.repeats
             if spec is None:
                 issues.append(
                     issue(
@@ -557,31 +628,90 @@ def _collect_answers(
                         link_id,
                     )
                 )
-            elif link_id in seen:
+            elif link_id in seen:  # repeating groups and their items are never "seen"
                 issues.append(issue("duplicate", f"Item '{link_id}' appears twice.", link_id))
             elif spec.item_type == "group" and answers:
                 issues.append(
                     issue("structure", f"'{link_id}' is a group: answer its items.", link_id)
                 )
+            elif repeating:
+                group_repetitions = repetitions.setdefault(link_id, [])
+                group_repetitions.append({})
+                walk(
+                    item.get("item") or [], (link_id, len(group_repetitions), group_repetitions[-1])
+                )
+                continue
+            elif group is not None and (within is None or within[0] != group.link_id):
+                issues.append(
+                    issue(
+                        "structure",
+                        f"Item '{link_id}' belongs inside a '{group.link_id}' group item "
+                        "(one group item per repetition).",
+                        link_id,
+                    )
+                )
+            elif group is not None and within is not None:
+                _, number, repetition = within
+                if link_id in repetition:
+                    label = _label(link_id, group.link_id, number)
+                    issues.append(issue("duplicate", f"Item {label} appears twice.", link_id))
+                else:
+                    repetition[link_id] = answers
             elif answers:
                 out[link_id] = answers
-            seen.add(link_id)
-            walk(item.get("item") or [])
+            if group is None and not repeating:
+                seen.add(link_id)
+            walk(item.get("item") or [], within)
             for answer in answers:
-                walk(answer.get("item") or [])
+                walk(answer.get("item") or [], within)
 
-    walk(items)
-    return out
+    walk(items, None)
+    return out, repetitions
+
+
+def _label(
+    link_id: str, group: str | None = None, repetition: int | None = None, quote: str = "'"
+) -> str:
+    """How an issue names an item: 'pain_level'; in a repeating group
+    'medication_changes.days_ago' (repetition 2 of 'medication_changes')."""
+    name = f"{quote}{link_id}{quote}"
+    if group is None or repetition is None:
+        return name
+    if link_id == group:
+        return f"{name} (repetition {repetition})"
+    return f"{name} (repetition {repetition} of {quote}{group}{quote})"
+
+
+def _group_entry(
+    spec: ItemSpec, number: int, repetition: _Answers, issues: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """One repetition of a repeating group as an entry of its list in the report."""
+    entry: dict[str, Any] = {}
+    for child in spec.children:
+        answers = repetition.get(child.link_id)
+        if not answers:
+            if child.required:
+                label = _label(child.link_id, spec.link_id, number)
+                issues.append(issue("required", f"Item {label} is required.", child.link_id))
+            continue
+        values = _answer_values(child, answers, issues, _label(child.link_id, spec.link_id, number))
+        if values is not None:
+            entry[child.path[-1]] = values if child.repeats else values[0]
+    return entry
 
 
 def _answer_values(
-    spec: ItemSpec, answers: list[dict[str, Any]], issues: list[dict[str, Any]]
+    spec: ItemSpec,
+    answers: list[dict[str, Any]],
+    issues: list[dict[str, Any]],
+    label: str | None = None,
 ) -> list[Any] | None:
+    label = label or _label(spec.link_id)
     if len(answers) > 1 and not spec.repeats:
         issues.append(
             issue(
                 "structure",
-                f"Item '{spec.link_id}' takes one answer; got {len(answers)}.",
+                f"Item {label} takes one answer; got {len(answers)}.",
                 spec.link_id,
             )
         )
@@ -593,7 +723,7 @@ def _answer_values(
             issues.append(
                 issue(
                     "value",
-                    f"Item '{spec.link_id}' is of type {spec.item_type}: answer with "
+                    f"Item {label} is of type {spec.item_type}: answer with "
                     f"{spec.answer_key}, not {', '.join(given) or 'nothing'}.",
                     spec.link_id,
                 )
@@ -601,7 +731,7 @@ def _answer_values(
             return None
         value = answer[spec.answer_key]
         if spec.item_type == "choice":
-            value = _choice_code(spec, value, issues)
+            value = _choice_code(spec, value, issues, label)
             if value is None:
                 return None
         values.append(value)
@@ -609,15 +739,14 @@ def _answer_values(
 
 
 def _choice_code(
-    spec: ItemSpec, coding: dict[str, Any], issues: list[dict[str, Any]]
+    spec: ItemSpec, coding: dict[str, Any], issues: list[dict[str, Any]], label: str
 ) -> str | None:
     system, code = coding.get("system"), coding.get("code")
     if system not in (None, spec.code_system) or code not in spec.options:
         issues.append(
             issue(
                 "code-invalid",
-                f"Item '{spec.link_id}' takes a code of {spec.code_system}: "
-                f"{', '.join(spec.options)}.",
+                f"Item {label} takes a code of {spec.code_system}: {', '.join(spec.options)}.",
                 spec.link_id,
             )
         )
@@ -678,17 +807,36 @@ def _fill_patient_id(
 # ---- v1 schema errors → OperationOutcome ------------------------------------------------------
 
 
-def link_id_for_field(field: str | None) -> str | None:
-    """The item a v1 schema error field belongs to: `complaints.0` → `complaints`."""
+def _item_for_field(field: str | None) -> tuple[str | None, str | None, int | None]:
+    """(linkId, repeating group, repetition number) of a v1 schema error field:
+    `complaints.0` → (`complaints`, None, None); `medication_changes.1.days_ago` →
+    (`medication_changes.days_ago`, `medication_changes`, 2)."""
     if not field:
-        return None
+        return None, None, None
     known = specs_by_link_id()
-    parts = field.split(".")
-    for end in range(len(parts), 0, -1):
-        candidate = ".".join(parts[:end])
+    names: list[str] = []
+    group: str | None = None
+    repetition: int | None = None
+    # List indexes are not part of any linkId; an index into a repeating group's list is the
+    # repetition (counted from 1, as a person reading the response counts).
+    for part in field.split("."):
+        if not part.isdigit():
+            names.append(part)
+            continue
+        spec = known.get(".".join(names))
+        if group is None and spec is not None and spec.item_type == "group" and spec.repeats:
+            group, repetition = spec.link_id, int(part) + 1
+    for end in range(len(names), 0, -1):
+        candidate = ".".join(names[:end])
         if candidate in known:
-            return candidate
-    return field
+            return candidate, group, repetition
+    return field, None, None
+
+
+def link_id_for_field(field: str | None) -> str | None:
+    """The item a v1 schema error field belongs to: `complaints.0` → `complaints`,
+    `medication_changes.0.days_ago` → `medication_changes.days_ago`."""
+    return _item_for_field(field)[0]
 
 
 def issues_from_field_errors(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -696,9 +844,10 @@ def issues_from_field_errors(errors: list[dict[str, Any]]) -> list[dict[str, Any
     out = []
     for error in errors:
         message = str(error.get("message") or "Invalid value.")
-        link_id = link_id_for_field(error.get("field"))
+        link_id, group, repetition = _item_for_field(error.get("field"))
         code = "required" if message.startswith("Missing data") else "value"
-        diagnostics = f"{link_id}: {message}" if link_id else message
+        name = _label(link_id, group, repetition, quote="") if link_id else None
+        diagnostics = f"{name}: {message}" if name else message
         out.append(issue(code, diagnostics, link_id))
     return out
 
@@ -740,19 +889,25 @@ def _answers_for(spec: ItemSpec, value: Any) -> list[dict[str, Any]]:
     return [{spec.answer_key: v} for v in values]
 
 
-def _response_item(spec: ItemSpec, report: dict[str, Any]) -> dict[str, Any] | None:
+def _response_items(spec: ItemSpec, container: Any) -> list[dict[str, Any]]:
+    """The response items for `spec`, read from `container` (the report, or the part of it that
+    holds spec's field): none if unanswered, one per entry for a repeating group."""
+    key = spec.path[-1]
+    if not isinstance(container, dict) or key not in container:
+        return []
+    value = container[key]
     if spec.item_type == "group":
-        children = [_response_item(child, report) for child in spec.children]
-        answered = [child for child in children if child is not None]
-        return {"linkId": spec.link_id, "item": answered} if answered else None
-    value: Any = report
-    for key in spec.path:
-        if not isinstance(value, dict) or key not in value:
-            return None
-        value = value[key]
+        out = []
+        for group_value in value if spec.repeats else [value]:
+            answered = [
+                item for child in spec.children for item in _response_items(child, group_value)
+            ]
+            if answered:
+                out.append({"linkId": spec.link_id, "item": answered})
+        return out
     if value is None or (spec.repeats and not value):
-        return None
-    return {"linkId": spec.link_id, "answer": _answers_for(spec, value)}
+        return []
+    return [{"linkId": spec.link_id, "answer": _answers_for(spec, value)}]
 
 
 def questionnaire_response_from_report(
@@ -770,6 +925,5 @@ def questionnaire_response_from_report(
     }
     if authored is not None:
         resource["authored"] = authored.isoformat()
-    items = [_response_item(spec, report) for spec in item_specs()]
-    resource["item"] = [item for item in items if item is not None]
+    resource["item"] = [item for spec in item_specs() for item in _response_items(spec, report)]
     return resource

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from shared.models import Assessment, TriageResult
-from shared.vocabulary import SAFETY_QUESTIONS
+from shared.vocabulary import MEDICATION_CHANGES, SAFETY_QUESTIONS
 
 # What each level asks of the clinician (CLINICAL.md "Triage levels").
 LEVEL_MEANING = {
@@ -28,8 +28,50 @@ SAFETY_QUESTION_TEXT = {
     "saddle_numbness": "Is there numbness between your legs or around your bottom?",
     "bladder_bowel_change": "Any new problem controlling your bladder or bowel?",
     "confusion": "Has anyone noticed you being confused or unusually drowsy?",
+    # Key questions of the benign patterns (rule set 2026.12.1, CLINICAL.md rule 7 a).
+    "muscle_swelling": "Is the sore muscle swollen?",
+    "pain_out_of_proportion": "Is the pain far worse than the exercise or injury explains?",
+    "muscle_wasting": "Has any muscle become thinner or wasted?",
+    "weak_grip": "Is your grip weaker than usual (jars, keys)?",
+    "twitching_multiple_sites": "Is the twitching in more than one place?",
+    "calf_swelling_one_side": "Is one calf swollen?",
+    "warm_red_skin": "Is the skin over the painful area warm or red?",
+    "breathless_on_exertion": "Do you get more short of breath than usual on exertion?",
+    "fever": "Do you have a fever, or feel hot and shivery?",
+    "numbness_or_tingling": "Any numbness or pins and needles?",
+    "palpitations": "Have you noticed a racing, pounding or irregular heartbeat?",
+    "weight_loss": "Have you lost weight without trying?",
+    "mottled_skin": "Is your skin, lips or tongue blue, grey, pale or blotchy?",
 }
-assert set(SAFETY_QUESTION_TEXT) == set(SAFETY_QUESTIONS)
+assert set(SAFETY_QUESTIONS) <= set(SAFETY_QUESTION_TEXT)
+
+# How each medication_changes[].change reads in a sentence.
+MEDICATION_CHANGE_TEXT = {
+    "started": "started",
+    "dose_increased": "dose increased",
+    "stopped": "stopped",
+}
+assert set(MEDICATION_CHANGE_TEXT) == set(MEDICATION_CHANGES)
+
+
+def _days_ago(days: float) -> str:
+    """`days_ago` as a clinician would say it: "3 hours ago", "1 day ago", "2.5 days ago"."""
+    if days < 1:
+        hours = round(days * 24)
+        if hours < 1:
+            return "less than an hour ago"
+        return "1 hour ago" if hours == 1 else f"{hours} hours ago"
+    return "1 day ago" if days == 1 else f"{days:g} days ago"
+
+
+def medication_change_lines(changes: list[dict[str, Any]]) -> list[str]:
+    """Recent medicine changes, most recent first: "atorvastatin: started 30 days ago"."""
+    ordered = sorted(changes, key=lambda change: change["days_ago"])
+    return [
+        f"{change['name']}: {MEDICATION_CHANGE_TEXT[change['change']]} "
+        f"{_days_ago(change['days_ago'])}"
+        for change in ordered
+    ]
 
 
 def clinician_summary(
@@ -87,6 +129,8 @@ def clinician_summary(
         "findings_present": sorted(k for k, v in report.get("findings", {}).items() if v),
         "findings_absent": sorted(k for k, v in report.get("findings", {}).items() if not v),
         "medications": report.get("medications", []),
+        # Reports stored before contract v1.1 have no medication_changes.
+        "medication_changes": medication_change_lines(report.get("medication_changes", [])),
         "conditions": report.get("conditions", []),
         "patient_words": report.get("free_text"),
         "triage": triage,

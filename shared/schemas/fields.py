@@ -6,12 +6,32 @@ not guess what a caller meant, so these accept only the JSON type the contract n
 
 from __future__ import annotations
 
+import re
 import sys
 from typing import Any
 
-from marshmallow import fields
+from marshmallow import ValidationError, fields, validate
 
 _LARGEST = sys.float_info.max
+
+# What no string in a report may hold: C0 and C1 control characters other than tab, line feed
+# and carriage return, and the bidirectional embedding, override and isolate controls, which make
+# text display in another order than it is stored ("Trojan Source"). Written so that Python and
+# ECMA-262 (JSON Schema's regex dialect) read it alike: the JSON Schema fast path and the
+# published schema use the same pattern.
+_CONTROL_OR_BIDI = r"\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069"
+PLAIN_TEXT_PATTERN = f"^[^{_CONTROL_OR_BIDI}]*$"
+_NOT_PLAIN_TEXT = re.compile(f"[{_CONTROL_OR_BIDI}]")
+
+
+class FullMatch(validate.Regexp):
+    """validate.Regexp on the whole value. Regexp uses re.match, where `$` also matches before a
+    trailing newline, so `^[A-Z]+$` would pass "MRN\\n"; fullmatch does not."""
+
+    def __call__(self, value: Any) -> Any:
+        if self.regex.fullmatch(value) is None:
+            raise ValidationError(self._format_error(value))
+        return value
 
 
 class StrictBoolean(fields.Boolean):
@@ -55,6 +75,16 @@ class StrictNumber(fields.Float):
 
 
 class StrictString(fields.String):
-    """Only a JSON string."""
+    """Only a JSON string, and one without control or bidirectional formatting characters
+    (PLAIN_TEXT_PATTERN)."""
 
-    default_error_messages = {"invalid": "Not a string."}
+    default_error_messages = {
+        "invalid": "Not a string.",
+        "not_plain_text": "Holds a control character or a bidirectional formatting character.",
+    }
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+        text = super()._deserialize(value, attr, data, **kwargs)
+        if _NOT_PLAIN_TEXT.search(text):
+            raise self.make_error("not_plain_text")
+        return text

@@ -1,4 +1,4 @@
-"""The v1 symptom report contract as JSON Schema, compiled: intake's fast path for valid reports.
+"""The symptom report contract as JSON Schema, compiled: intake's fast path for valid reports.
 
 `SymptomReportSchema` (marshmallow) is the contract's reference: it names every bad field, and
 its answer is final. But it costs more than anything else intake does per request, and almost
@@ -13,6 +13,10 @@ JSON Schema cannot say "a finite number that fits in a double", which StrictNumb
 and its "integer" admits 3.0, which StrictInteger refuses; `fast_load` checks both itself. The
 schema is also published at `GET /v1/schemas/symptom-report` for clients that want to check
 reports before sending them.
+
+Patterns are ECMA-262, where `$` without the multiline flag is the end of input. fastjsonschema
+compiles them for Python's `re` with every unescaped `$` rewritten to `\\Z`, so "MRN-1\\n" fails
+the patient id pattern here as it does in marshmallow (FullMatch) and in a client's validator.
 """
 
 from __future__ import annotations
@@ -23,8 +27,16 @@ from typing import Any, Final
 
 import fastjsonschema
 
+from shared.schemas.fields import PLAIN_TEXT_PATTERN
 from shared.schemas.symptom_report import PATIENT_ID_PATTERN
-from shared.vocabulary import COMPLAINTS, COURSES, FINDING_CODES, SEXES, WEAKNESS_DISTRIBUTIONS
+from shared.vocabulary import (
+    COMPLAINTS,
+    COURSES,
+    FINDING_CODES,
+    MEDICATION_CHANGES,
+    SEXES,
+    WEAKNESS_DISTRIBUTIONS,
+)
 
 
 def _nullable(kind: str, **rules: Any) -> dict[str, Any]:
@@ -35,7 +47,12 @@ def _text_list(max_items: int, max_chars: int) -> dict[str, Any]:
     return {
         "type": "array",
         "maxItems": max_items,
-        "items": {"type": "string", "minLength": 1, "maxLength": max_chars},
+        "items": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": max_chars,
+            "pattern": PLAIN_TEXT_PATTERN,
+        },
         "default": [],
     }
 
@@ -43,7 +60,7 @@ def _text_list(max_items: int, max_chars: int) -> dict[str, Any]:
 SYMPTOM_REPORT_JSON_SCHEMA: Final[dict[str, Any]] = {
     "$schema": "http://json-schema.org/draft-07/schema#",
     "$id": "https://myotriage.example/schemas/symptom-report-v1.json",
-    "title": "MyoTriage symptom report, v1",
+    "title": "MyoTriage symptom report, v1.1",
     "type": "object",
     "additionalProperties": False,
     "required": ["patient", "complaints", "onset_days", "course"],
@@ -89,8 +106,28 @@ SYMPTOM_REPORT_JSON_SCHEMA: Final[dict[str, Any]] = {
         },
         "medications": _text_list(50, 200),
         "conditions": _text_list(50, 200),
+        "medication_changes": {
+            "type": "array",
+            "maxItems": 50,
+            "items": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["name", "change", "days_ago"],
+                "properties": {
+                    "name": {
+                        "type": "string",
+                        "minLength": 1,
+                        "maxLength": 200,
+                        "pattern": PLAIN_TEXT_PATTERN,
+                    },
+                    "change": {"type": "string", "enum": list(MEDICATION_CHANGES)},
+                    "days_ago": {"type": "number", "minimum": 0, "maximum": 36500},
+                },
+            },
+            "default": [],
+        },
         "glucose_mmol_l": _nullable("number", minimum=0.5, maximum=50),
-        "free_text": _nullable("string", maxLength=4000),
+        "free_text": _nullable("string", maxLength=4000, pattern=PLAIN_TEXT_PATTERN),
     },
 }
 
@@ -129,5 +166,8 @@ def fast_load(body: dict[str, Any]) -> dict[str, Any] | None:
         value = report[name]
         # NaN fails every comparison; infinities and ints beyond a double fail the bounds.
         if value is not None and not -_LARGEST <= value <= _LARGEST:
+            return None
+    for change in report["medication_changes"]:
+        if not -_LARGEST <= change["days_ago"] <= _LARGEST:
             return None
     return report

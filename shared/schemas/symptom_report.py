@@ -1,4 +1,4 @@
-"""The v1 symptom report contract (../shared/docs/SYMPTOM_REPORT.md) as marshmallow schemas.
+"""The symptom report contract (docs/SYMPTOM_REPORT.md, v1.1) as marshmallow schemas.
 
 Field names, types and ranges are fixed by the contract: outside clients and evaluation suites
 post exactly this JSON. Unknown fields and unknown finding codes are rejected, every bad field
@@ -11,16 +11,25 @@ from typing import Any
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
-from shared.schemas.fields import StrictBoolean, StrictInteger, StrictNumber, StrictString
+from shared.schemas.fields import (
+    FullMatch,
+    StrictBoolean,
+    StrictInteger,
+    StrictNumber,
+    StrictString,
+)
 from shared.vocabulary import (
     COMPLAINTS,
     COURSES,
     FINDING_CODES,
+    MEDICATION_CHANGES,
     SEXES,
     TRIAGE_LEVELS,
     WEAKNESS_DISTRIBUTIONS,
 )
 
+# Published in the JSON Schema and the FHIR Questionnaire, where `$` is the end of input. In
+# Python `$` also matches before a final newline: match it with FullMatch, never re.match.
 PATIENT_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,64}$"
 _FINDING_SET = frozenset(FINDING_CODES)
 
@@ -35,7 +44,7 @@ class PatientSchema(Schema):
 
     id = StrictString(
         required=True,
-        validate=validate.Regexp(
+        validate=FullMatch(
             PATIENT_ID_PATTERN, error="1 to 64 characters of A-Z, a-z, 0-9, '.', '_', ':' or '-'."
         ),
         metadata={"description": "The caller's patient identifier (MRN, screening id)."},
@@ -79,8 +88,29 @@ def _text_list(max_items: int, max_chars: int) -> fields.List:
     )
 
 
+class MedicationChangeSchema(Schema):
+    """One recent change to a medicine (contract v1.1): what, which way, how many days ago."""
+
+    class Meta:
+        unknown = RAISE
+
+    error_messages = {"type": "Not an object: give name, change and days_ago."}
+
+    name = StrictString(
+        required=True,
+        validate=validate.Length(min=1, max=200, error="Must be 1 to 200 characters."),
+        metadata={"description": "The medicine as the patient or EHR wrote it."},
+    )
+    change = StrictString(required=True, validate=_one_of(MEDICATION_CHANGES))
+    days_ago = StrictNumber(
+        required=True,
+        validate=validate.Range(min=0, max=36500, error="Must be 0 to 36500 days."),
+        metadata={"description": "Days since the change; fractions for hours."},
+    )
+
+
 class SymptomReportSchema(Schema):
-    """A symptom report, v1."""
+    """A symptom report, v1.1 (v1 plus the optional medication_changes)."""
 
     class Meta:
         unknown = RAISE
@@ -118,6 +148,12 @@ class SymptomReportSchema(Schema):
     findings = FindingsField(load_default=dict)
     medications = _text_list(50, 200)
     conditions = _text_list(50, 200)
+    medication_changes = fields.List(
+        fields.Nested(MedicationChangeSchema),
+        load_default=list,
+        validate=validate.Length(max=50, error="At most {max} medication changes."),
+        metadata={"description": "Recent changes to medicines, when known (added in v1.1)."},
+    )
     glucose_mmol_l = StrictNumber(
         load_default=None, allow_none=True, validate=validate.Range(min=0.5, max=50)
     )
@@ -157,6 +193,8 @@ class TriageResultOut(Schema):
     ruleset_version = fields.String(required=True)
     # Additions beyond the contract's example: what the engine matched and what it could not read.
     benign_patterns = fields.List(fields.String())
+    # For self_care: how each benign pattern qualified, "key_questions" or "general_screen".
+    safety_screen = fields.Dict(keys=fields.String(), values=fields.String())
     risk_modifiers = fields.List(fields.String())
     medication_classes = fields.Dict(keys=fields.String(), values=fields.List(fields.String()))
     condition_classes = fields.Dict(keys=fields.String(), values=fields.List(fields.String()))

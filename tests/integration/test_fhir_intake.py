@@ -22,7 +22,7 @@ from sqlalchemy import func, select
 
 from services.intake.fhir_questionnaire import CODE_SYSTEM_BASE, QUESTIONNAIRE_URL
 from shared.models import Assessment, AuditEvent
-from tests.factories import report
+from tests.factories import WITH_MEDICATION_CHANGES, report
 
 FHIR = "application/fhir+json"
 QUESTIONNAIRE_PATH = "/fhir/Questionnaire/myotriage-symptom-report-v1"
@@ -36,6 +36,18 @@ def answer(link_id: str, **value: Any) -> QuestionnaireResponseItem:
 
 def coded(field: str, code: str) -> dict[str, Any]:
     return {"valueCoding": Coding(system=CODE_SYSTEM_BASE + field, code=code)}
+
+
+def medication_change(name: str, change: str, days_ago: float) -> QuestionnaireResponseItem:
+    """One repetition of the medication_changes group (contract v1.1)."""
+    return QuestionnaireResponseItem(
+        linkId="medication_changes",
+        item=[
+            answer("medication_changes.name", valueString=name),
+            answer("medication_changes.change", **coded("change", change)),
+            answer("medication_changes.days_ago", valueDecimal=days_ago),
+        ],
+    )
 
 
 def questionnaire_response(*extra: QuestionnaireResponseItem, age: int = 44) -> str:
@@ -129,6 +141,44 @@ def test_response_is_accepted_mapped_and_given_back_as_sent(
     assert resource["subject"] == json.loads(sent)["subject"]
 
 
+def test_medication_changes_groups_are_accepted_and_stored_as_entries(
+    intake: Any, auth: dict[str, str], sessions: Any
+) -> None:
+    sent = questionnaire_response(
+        medication_change("atorvastatin 40 mg", "dose_increased", 14),
+        medication_change("prednisolone", "stopped", 0.5),
+    )
+    response = post(intake, sent, auth)
+    assert response.status_code == 202, response.get_data(as_text=True)
+    body = response.get_json()
+    with sessions() as session:
+        stored = session.get(Assessment, body["id"])
+        assert stored.report["medication_changes"] == [
+            {"name": "atorvastatin 40 mg", "change": "dose_increased", "days_ago": 14},
+            {"name": "prednisolone", "change": "stopped", "days_ago": 0.5},
+        ]
+    back = intake.get(body["links"]["questionnaire_response"], headers=auth).get_json()
+    assert back["item"] == json.loads(sent)["item"]
+
+
+def test_a_v1_report_with_medication_changes_reads_back_as_repeated_groups(
+    intake: Any, auth: dict[str, str]
+) -> None:
+    accepted = intake.post(
+        "/v1/assessments", json=report(WITH_MEDICATION_CHANGES), headers=auth
+    ).get_json()
+    resource = intake.get(f"/fhir/QuestionnaireResponse/{accepted['id']}", headers=auth)
+    QuestionnaireResponse.model_validate(resource.get_json())
+    groups = [i for i in resource.get_json()["item"] if i["linkId"] == "medication_changes"]
+    assert len(groups) == len(WITH_MEDICATION_CHANGES["medication_changes"])
+    assert [i["linkId"] for i in groups[0]["item"]] == [
+        "medication_changes.name",
+        "medication_changes.change",
+        "medication_changes.days_ago",
+    ]
+    assert groups[0]["item"][0]["answer"] == [{"valueString": "atorvastatin"}]
+
+
 def test_plain_json_content_type_is_accepted_too(intake: Any, auth: dict[str, str]) -> None:
     response = post(intake, questionnaire_response(), auth, content_type="application/json")
     assert response.status_code == 202
@@ -151,6 +201,17 @@ def test_plain_json_content_type_is_accepted_too(intake: Any, auth: dict[str, st
         ),
         # The v1 contract's own range check, after mapping.
         (questionnaire_response(age=12), 422, "patient.age"),
+        (
+            questionnaire_response(medication_change("atorvastatin", "started", 36501)),
+            422,
+            "medication_changes.days_ago",
+        ),
+        # A code the medication_changes.change item does not offer.
+        (
+            questionnaire_response(medication_change("atorvastatin", "increased", 3)),
+            422,
+            "medication_changes.change",
+        ),
         # Not valid FHIR: fhir.resources would let "yes" through as a boolean.
         (
             questionnaire_response(answer("sudden_onset", valueBoolean=True)).replace(
@@ -160,7 +221,14 @@ def test_plain_json_content_type_is_accepted_too(intake: Any, auth: dict[str, st
             "sudden_onset",
         ),
     ],
-    ids=["wrong-type", "unknown-linkid", "out-of-range", "not-fhir"],
+    ids=[
+        "wrong-type",
+        "unknown-linkid",
+        "out-of-range",
+        "medication-change-out-of-range",
+        "medication-change-unknown-code",
+        "not-fhir",
+    ],
 )
 def test_bad_responses_get_an_operation_outcome_and_store_nothing(
     intake: Any, auth: dict[str, str], sessions: Any, body: str, status: int, expression: str

@@ -19,6 +19,7 @@ def test_worker_and_relay_logs_hold_no_patient_data(
         patient={"id": "PHI-MARKER-991", "age": 44},
         free_text=f"{marker} says hi",
         medications=[f"{marker} tablets"],
+        medication_changes=[{"name": f"{marker} drops", "change": "started", "days_ago": 3}],
     )
     response = intake.post("/v1/assessments", json=body, headers=auth)
     wait_scored(response.get_json()["id"])

@@ -32,9 +32,13 @@ from services.intake.fhir_questionnaire import (
     report_from_questionnaire_response,
 )
 from shared.problems import Problem
-from shared.schemas.symptom_report import PatientSchema, SymptomReportSchema
+from shared.schemas.symptom_report import (
+    MedicationChangeSchema,
+    PatientSchema,
+    SymptomReportSchema,
+)
 from shared.vocabulary import FINDING_CODES
-from tests.factories import DOMS, STROKE, report
+from tests.factories import DOMS, STROKE, WITH_MEDICATION_CHANGES, report
 
 
 def coding(field: str, code: str) -> dict[str, Any]:
@@ -71,6 +75,37 @@ MINIMAL = {
 }
 
 
+def medication_change(
+    name: Any = "atorvastatin",
+    change: Any = "started",
+    days_ago: Any = 30,
+    **extra: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """One repetition of the medication_changes group, as JSON; None leaves an item out."""
+    answers: dict[str, list[dict[str, Any]]] = {
+        "medication_changes.name": [{"valueString": name}] if name is not None else [],
+        "medication_changes.change": [coding("change", change)] if change is not None else [],
+        "medication_changes.days_ago": [{"valueDecimal": days_ago}] if days_ago is not None else [],
+        **extra,
+    }
+    group = QuestionnaireResponseItem(
+        linkId="medication_changes",
+        item=[
+            QuestionnaireResponseItem(
+                linkId=link_id, answer=[QuestionnaireResponseItemAnswer(**a) for a in values]
+            )
+            for link_id, values in answers.items()
+            if values
+        ],
+    )
+    return json.loads(group.model_dump_json())
+
+
+def with_items(resource: dict[str, Any], *items: dict[str, Any]) -> dict[str, Any]:
+    resource["item"].extend(items)
+    return resource
+
+
 def refusal(resource: Any) -> QuestionnaireResponseRefused:
     with pytest.raises(QuestionnaireResponseRefused) as caught:
         report_from_questionnaire_response(resource)
@@ -100,7 +135,8 @@ def test_questionnaire_is_valid_r4_with_an_item_per_contract_field_and_finding()
     assert len(items) == len(all_items(resource["item"])), "linkIds must be unique"
     fields = set(SymptomReportSchema().fields) | {f"patient.{n}" for n in PatientSchema().fields}
     findings = {f"findings.{code}" for code in FINDING_CODES}
-    assert set(items) == fields | findings
+    changes = {f"medication_changes.{n}" for n in MedicationChangeSchema().fields}
+    assert set(items) == fields | findings | changes
     assert items["findings"]["type"] == "group"
     assert {items[f]["type"] for f in findings} == {"boolean"}
     assert items["complaints"]["type"] == "choice" and items["complaints"]["repeats"] is True
@@ -108,6 +144,28 @@ def test_questionnaire_is_valid_r4_with_an_item_per_contract_field_and_finding()
     assert items["patient.age"]["type"] == "integer"
     assert items["free_text"]["type"] == "text" and items["free_text"]["maxLength"] == 4000
     assert items["medications"]["type"] == "string" and items["medications"]["repeats"] is True
+    assert items["medication_changes"]["type"] == "group"
+    assert items["medication_changes"]["repeats"] is True
+    assert "required" not in items["medication_changes"]
+    assert {
+        "url": "http://hl7.org/fhir/StructureDefinition/questionnaire-maxOccurs",
+        "valueInteger": 50,
+    } in items["medication_changes"]["extension"]
+    assert [i["linkId"] for i in items["medication_changes"]["item"]] == [
+        "medication_changes.name",
+        "medication_changes.change",
+        "medication_changes.days_ago",
+    ]
+    # Required in each repetition (the group itself is optional).
+    assert all(i["required"] is True for i in items["medication_changes"]["item"])
+    assert items["medication_changes.name"]["type"] == "string"
+    assert items["medication_changes.name"]["maxLength"] == 200
+    assert items["medication_changes.change"]["type"] == "choice"
+    options = items["medication_changes.change"]["answerOption"]
+    assert [o["valueCoding"]["code"] for o in options] == ["started", "dose_increased", "stopped"]
+    days_ago = items["medication_changes.days_ago"]
+    assert days_ago["type"] == "decimal"
+    assert [e["valueDecimal"] for e in days_ago["extension"]] == [0, 36500]
     assert [o["valueCoding"]["code"] for o in items["course"]["answerOption"]] == [
         "improving",
         "unchanged",
@@ -164,12 +222,91 @@ def test_unanswered_finding_is_unknown_and_false_is_no() -> None:
     assert findings == {"breathless_at_rest": False, "twitching": True}
 
 
-@pytest.mark.parametrize("base", [report(), STROKE, DOMS], ids=["contract", "stroke", "doms"])
+@pytest.mark.parametrize(
+    "base",
+    [report(), STROKE, DOMS, WITH_MEDICATION_CHANGES],
+    ids=["contract", "stroke", "doms", "medication-changes"],
+)
 def test_v1_report_to_response_and_back_is_lossless(base: dict[str, Any]) -> None:
     loaded = validate_report(base)
     resource = questionnaire_response_from_report(loaded, response_id="a1")
     QuestionnaireResponse.model_validate(resource)
     assert validate_report(report_from_questionnaire_response(resource)) == loaded
+
+
+def test_each_medication_changes_group_becomes_one_entry() -> None:
+    resource = with_items(
+        response(MINIMAL),
+        medication_change(),
+        medication_change("prednisolone 5 mg", "dose_increased", 0.5),
+    )
+    QuestionnaireResponse.model_validate(resource)
+    mapped = report_from_questionnaire_response(resource)
+    assert mapped["medication_changes"] == [
+        {"name": "atorvastatin", "change": "started", "days_ago": 30},
+        {"name": "prednisolone 5 mg", "change": "dose_increased", "days_ago": 0.5},
+    ]
+    assert validate_report(mapped)["medication_changes"] == mapped["medication_changes"]
+    # No group: the contract's default, an empty list.
+    without = validate_report(report_from_questionnaire_response(response(MINIMAL)))
+    assert without["medication_changes"] == []
+
+
+def test_medication_changes_problems_name_the_item_and_the_repetition() -> None:
+    twice = medication_change()
+    twice["item"].append(twice["item"][0])  # the name answered twice in one repetition
+    resource = with_items(
+        response(MINIMAL),
+        medication_change(),
+        medication_change(days_ago=None),
+        medication_change(change="increased"),
+        medication_change(**{"medication_changes.days_ago": [{"valueString": "30"}]}),
+        twice,
+    )
+    refused = refusal(resource)
+    assert refused.status == 422
+    found = [(i["code"], i["expression"][0], i["diagnostics"]) for i in refused.issues]
+    assert len(found) == 4 and set(found) == {
+        (
+            "required",
+            "medication_changes.days_ago",
+            "Item 'medication_changes.days_ago' (repetition 2 of 'medication_changes') "
+            "is required.",
+        ),
+        (
+            "code-invalid",
+            "medication_changes.change",
+            "Item 'medication_changes.change' (repetition 3 of 'medication_changes') takes a "
+            f"code of {CODE_SYSTEM_BASE}change: started, dose_increased, stopped.",
+        ),
+        (
+            "value",
+            "medication_changes.days_ago",
+            "Item 'medication_changes.days_ago' (repetition 4 of 'medication_changes') is of "
+            "type decimal: answer with valueDecimal, not valueString.",
+        ),
+        (
+            "duplicate",
+            "medication_changes.name",
+            "Item 'medication_changes.name' (repetition 5 of 'medication_changes') appears twice.",
+        ),
+    }
+
+
+def test_medication_changes_items_outside_a_group_are_refused() -> None:
+    flattened = response(
+        {
+            **MINIMAL,
+            "medication_changes.name": [{"valueString": "atorvastatin"}],
+            "medication_changes.days_ago": [{"valueDecimal": 30}],
+        }
+    )
+    assert expressions(refusal(flattened)) == {
+        "medication_changes.name": "structure",
+        "medication_changes.days_ago": "structure",
+    }
+    answered_group = response({**MINIMAL, "medication_changes": [{"valueString": "statin"}]})
+    assert expressions(refusal(answered_group)) == {"medication_changes": "structure"}
 
 
 def test_patient_comes_from_subject_reference_when_not_answered() -> None:
@@ -253,3 +390,45 @@ def test_v1_range_errors_point_at_the_linkid() -> None:
     assert issues_from_field_errors([{"field": "complaints.1", "message": "Bad."}])[0][
         "expression"
     ] == ["complaints"]
+
+
+def test_v1_range_errors_in_medication_changes_point_at_the_item_and_repetition() -> None:
+    mapped = report_from_questionnaire_response(
+        with_items(
+            response(MINIMAL),
+            medication_change(),
+            medication_change(name="x" * 201, days_ago=-1),
+        )
+    )
+    with pytest.raises(Problem) as caught:
+        validate_report(mapped)
+    issues = issues_from_field_errors(caught.value.errors or [])
+    OperationOutcome.model_validate(operation_outcome(issues))
+    assert sorted((i["code"], i["expression"][0], i["diagnostics"]) for i in issues) == [
+        (
+            "value",
+            "medication_changes.days_ago",
+            "medication_changes.days_ago (repetition 2 of medication_changes): "
+            "Must be 0 to 36500 days.",
+        ),
+        (
+            "value",
+            "medication_changes.name",
+            "medication_changes.name (repetition 2 of medication_changes): "
+            "Must be 1 to 200 characters.",
+        ),
+    ]
+    too_many = report_from_questionnaire_response(
+        with_items(response(MINIMAL), *[medication_change()] * 51)
+    )
+    with pytest.raises(Problem) as caught:
+        validate_report(too_many)
+    assert [
+        (i["expression"], i["diagnostics"])
+        for i in issues_from_field_errors(caught.value.errors or [])
+    ] == [(["medication_changes"], "medication_changes: At most 50 medication changes.")]
+    not_an_object = issues_from_field_errors(
+        [{"field": "medication_changes.0", "message": "Not an object."}]
+    )
+    assert not_an_object[0]["expression"] == ["medication_changes"]
+    assert not_an_object[0]["diagnostics"] == "medication_changes (repetition 1): Not an object."

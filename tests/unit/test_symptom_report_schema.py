@@ -1,4 +1,4 @@
-"""The v1 contract as the schema enforces it: every field, type, range and code."""
+"""The contract (v1.1) as the schema enforces it: every field, type, range and code."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from marshmallow import ValidationError
 from shared.problems import field_errors
 from shared.schemas.symptom_report import SymptomReportSchema
 from shared.vocabulary import FINDING_CODES
-from tests.factories import CONTRACT_EXAMPLE, report
+from tests.factories import CONTRACT_EXAMPLE, MEDICATION_CHANGE, WITH_MEDICATION_CHANGES, report
 
 schema = SymptomReportSchema()
 
@@ -23,7 +23,13 @@ def bad_fields(body: Any) -> set[str]:
 
 def test_the_contract_example_loads_unchanged() -> None:
     loaded = schema.load(report())
-    assert loaded == CONTRACT_EXAMPLE
+    # A v1 report stays valid under v1.1 and gets the new optional field's default.
+    assert loaded == {**CONTRACT_EXAMPLE, "medication_changes": []}
+
+
+def test_medication_changes_load_unchanged() -> None:
+    loaded = schema.load(report(WITH_MEDICATION_CHANGES))
+    assert loaded == WITH_MEDICATION_CHANGES
 
 
 def test_defaults_are_filled_for_a_minimal_report() -> None:
@@ -39,6 +45,7 @@ def test_defaults_are_filled_for_a_minimal_report() -> None:
     assert loaded["weakness_distribution"] == "none"
     assert loaded["improves_with_rest"] is None
     assert loaded["findings"] == {} and loaded["medications"] == [] and loaded["pain_level"] == 0
+    assert loaded["medication_changes"] == []
 
 
 def test_every_bad_field_is_named_at_once() -> None:
@@ -95,10 +102,63 @@ def test_every_bad_field_is_named_at_once() -> None:
         ("free_text", "x" * 4001),
         ("findings", ["twitching"]),
         ("glucose_mmol_l", 51),
+        ("medication_changes", None),
+        ("medication_changes", MEDICATION_CHANGE),
+        ("medication_changes", [{**MEDICATION_CHANGE, "days_ago": 36501}]),
+        ("medication_changes", [{**MEDICATION_CHANGE, "change": "dose_decreased"}]),
     ],
 )
 def test_out_of_contract_values_are_rejected(field: str, value: Any) -> None:
     assert any(name.split(".")[0] == field for name in bad_fields(report(**{field: value})))
+
+
+def test_each_bad_medication_change_is_named_by_its_path() -> None:
+    body = report(
+        medication_changes=[
+            MEDICATION_CHANGE,
+            {"name": "x" * 201, "change": "increased", "days_ago": -1},
+            {**MEDICATION_CHANGE, "days_ago": True, "dose": "20 mg"},
+            {"name": "prednisolone", "change": "stopped", "days_ago": "3"},
+            {"name": "", "change": "started"},
+            "ramipril",
+        ]
+    )
+    with pytest.raises(ValidationError) as info:
+        schema.load(body)
+    errors = {e["field"]: (e["pointer"], e["message"]) for e in field_errors(info.value.messages)}
+    assert errors == {
+        "medication_changes.1.name": (
+            "/medication_changes/1/name",
+            "Must be 1 to 200 characters.",
+        ),
+        "medication_changes.1.change": (
+            "/medication_changes/1/change",
+            "Must be one of: started, dose_increased, stopped.",
+        ),
+        "medication_changes.1.days_ago": (
+            "/medication_changes/1/days_ago",
+            "Must be 0 to 36500 days.",
+        ),
+        "medication_changes.2.days_ago": ("/medication_changes/2/days_ago", "Not a number."),
+        "medication_changes.2.dose": ("/medication_changes/2/dose", "Unknown field."),
+        "medication_changes.3.days_ago": ("/medication_changes/3/days_ago", "Not a number."),
+        "medication_changes.4.name": ("/medication_changes/4/name", "Must be 1 to 200 characters."),
+        "medication_changes.4.days_ago": (
+            "/medication_changes/4/days_ago",
+            "Missing data for required field.",
+        ),
+        "medication_changes.5": (
+            "/medication_changes/5",
+            "Not an object: give name, change and days_ago.",
+        ),
+    }
+
+
+def test_at_most_50_medication_changes() -> None:
+    assert schema.load(report(medication_changes=[MEDICATION_CHANGE] * 50))
+    with pytest.raises(ValidationError) as info:
+        schema.load(report(medication_changes=[MEDICATION_CHANGE] * 51))
+    assert info.value.messages == {"medication_changes": ["At most 50 medication changes."]}
 
 
 def test_children_are_not_triaged() -> None:
