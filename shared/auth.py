@@ -33,6 +33,8 @@ SCOPES = (
 )
 
 F = TypeVar("F", bound=Callable[..., Any])
+# Our keys are 55 characters; anything much longer is not one, and is not hashed or cached.
+MAX_PRESENTED_KEY_LENGTH = 256
 
 
 @dataclass(frozen=True)
@@ -129,7 +131,7 @@ def require_scope(scope: str) -> Callable[[F], F]:
                     headers={"WWW-Authenticate": 'Bearer realm="myotriage"'},
                 )
             verifier: ApiKeyVerifier = current_app.extensions["myotriage.api_keys"]
-            caller = verifier.verify(raw)
+            caller = None if len(raw) > MAX_PRESENTED_KEY_LENGTH else verifier.verify(raw)
             if caller is None:
                 raise Problem(
                     401,

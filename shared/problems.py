@@ -17,6 +17,10 @@ from werkzeug.exceptions import HTTPException
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 PROBLEM_BASE = "https://myotriage.example/problems/"
+# Errors listed in one validation problem (every one, up to this many).
+MAX_LISTED_ERRORS = 100
+# Longer field names (only unknown ones can be) are cut short where an error names them.
+MAX_FIELD_NAME_LENGTH = 200
 log = structlog.get_logger("myotriage.problems")
 
 
@@ -62,6 +66,8 @@ def field_errors(messages: Any, prefix: str = "") -> list[dict[str, Any]]:
 
 
 def _one_error(path: str, message: str) -> dict[str, Any]:
+    if len(path) > MAX_FIELD_NAME_LENGTH:  # an unknown field named with 60 KB of text
+        path = path[:MAX_FIELD_NAME_LENGTH] + "…"
     pointer = "/" + path.replace(".", "/") if path else ""
     return {"field": path or None, "pointer": pointer, "message": message}
 
@@ -70,10 +76,15 @@ def validation_problem(messages: Any, title: str = "Invalid symptom report") -> 
     errors = field_errors(messages)
     names = sorted({e["field"] for e in errors if e["field"]})
     detail = (
-        f"{len(names)} field(s) are invalid: {', '.join(names)}."
+        f"{len(names)} field(s) are invalid: {', '.join(names[:MAX_LISTED_ERRORS])}."
         if names
         else "The request body is invalid."
     )
+    if len(errors) > MAX_LISTED_ERRORS or len(names) > MAX_LISTED_ERRORS:
+        # No real report has this many bad fields; a 64 KB body of made-up finding codes would
+        # otherwise get a response a hundred times its size.
+        detail += f" Only the first {MAX_LISTED_ERRORS} are listed."
+        errors = errors[:MAX_LISTED_ERRORS]
     return Problem(422, title, detail, problem_type="validation-error", errors=errors)
 
 
@@ -133,8 +144,13 @@ def register_problem_handlers(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:
-        # Log the class only: messages of unexpected errors may quote patient data.
-        log.error("request.unhandled_error", error_class=type(exc).__name__, exc_info=False)
-        return problem_response(
-            Problem(500, "Internal Server Error", "The error was logged with this request_id.")
-        )
+        return unexpected_error_response(exc)
+
+
+def unexpected_error_response(exc: BaseException) -> Response:
+    """The 500 for an error nobody expected: logged by class, nothing internal revealed."""
+    # Log the class only: messages of unexpected errors may quote patient data.
+    log.error("request.unhandled_error", error_class=type(exc).__name__, exc_info=False)
+    return problem_response(
+        Problem(500, "Internal Server Error", "The error was logged with this request_id.")
+    )

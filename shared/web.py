@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import flask_smorest
 import redis
 import structlog
 from flask import Blueprint, Flask, current_app, jsonify
@@ -21,6 +22,7 @@ from shared.observability import (
     metrics_response,
 )
 from shared.problems import register_problem_handlers
+from shared.request_input import BoundedArgumentsParser, install_json_bounds
 
 log = structlog.get_logger("myotriage.web")
 
@@ -51,7 +53,6 @@ def build_app(import_name: str, service: str, title: str, settings: Settings) ->
         },
         JSON_SORT_KEYS=False,
     )
-    app.json.sort_keys = False  # type: ignore[attr-defined]
     engine = make_engine(settings.database_url)
     session_factory = make_session_factory(engine)
     app.extensions["myotriage.settings"] = settings
@@ -65,11 +66,22 @@ def build_app(import_name: str, service: str, title: str, settings: Settings) ->
         session_factory, settings.api_key_cache_seconds
     )
     install_request_observability(app, service)
+    # After request observability, so a refusal by its before_request carries the request id.
+    install_json_bounds(app, settings.max_json_depth)
+    app.json.sort_keys = False  # type: ignore[attr-defined]
     api = Api(app)
     # After Api(): flask-smorest registers its own HTTPException handler, ours must win.
     register_problem_handlers(app)
     app.register_blueprint(_health_blueprint(service))
     return app, api
+
+
+class ApiBlueprint(flask_smorest.Blueprint):
+    """flask-smorest's Blueprint whose `@arguments` read JSON bodies with the app's bounds
+    (shared/request_input.py). Put `@require_scope` above `@arguments`: the caller is
+    authenticated before the body is read, so a caller without a key gets 401, never 422."""
+
+    ARGUMENTS_PARSER = BoundedArgumentsParser()
 
 
 def settings_of(app: Flask | None = None) -> Settings:

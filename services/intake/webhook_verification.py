@@ -25,6 +25,12 @@ from shared.models import utcnow
 # The Standard Webhooks tolerance; the standardwebhooks package enforces the same window.
 TOLERANCE = timedelta(minutes=5)
 MAX_WEBHOOK_ID_LENGTH = 255  # the idempotency key column
+# Unix seconds have 10 digits until the year 2286. The bound keeps int() and the float
+# arithmetic of the tolerance check away from the 400-digit numbers a caller may send.
+MAX_TIMESTAMP_DIGITS = 12
+# A v1 signature is 47 characters; this leaves room for dozens listed during a key rotation.
+MAX_SIGNATURE_HEADER_LENGTH = 2048
+MAX_INTEGRATION_REF_LENGTH = 100
 
 
 class WebhookRejected(Exception):
@@ -66,13 +72,26 @@ class WebhookHeaders:
                 "missing_headers",
                 f"Missing Standard Webhooks header(s): {', '.join(missing)}.",
             )
-        if len(webhook_id) > MAX_WEBHOOK_ID_LENGTH or not webhook_id.isprintable():
+        if len(webhook_id) > MAX_WEBHOOK_ID_LENGTH or not _printable_ascii(webhook_id):
             raise WebhookRejected(
-                400, "bad_webhook_id", f"webhook-id is 1 to {MAX_WEBHOOK_ID_LENGTH} characters."
+                400,
+                "bad_webhook_id",
+                f"webhook-id is 1 to {MAX_WEBHOOK_ID_LENGTH} printable ASCII characters.",
             )
-        if not raw_timestamp.isascii() or not raw_timestamp.isdigit():
+        # isdigit() alone admits '²' and other digits int() refuses; the length bounds the rest.
+        if (
+            len(raw_timestamp) > MAX_TIMESTAMP_DIGITS
+            or not raw_timestamp.isascii()
+            or not raw_timestamp.isdigit()
+        ):
             raise WebhookRejected(
                 400, "bad_timestamp", "webhook-timestamp is the send time in unix seconds."
+            )
+        if len(raw_signature) > MAX_SIGNATURE_HEADER_LENGTH:
+            raise WebhookRejected(
+                400,
+                "bad_signature_header",
+                f"webhook-signature is at most {MAX_SIGNATURE_HEADER_LENGTH} characters.",
             )
         # Keep only well-formed v1 entries: the package gives up at the first malformed one,
         # which would hide a valid signature listed after it.
@@ -87,6 +106,10 @@ class WebhookHeaders:
             "webhook-timestamp": str(self.timestamp),
             "webhook-signature": " ".join(self.signatures),
         }
+
+
+def _printable_ascii(text: str) -> bool:
+    return text.isascii() and text.isprintable()
 
 
 def _well_formed_v1_signature(entry: str) -> bool:
@@ -179,7 +202,8 @@ class WebhookSenders:
         return sender
 
     def _load(self, id_or_name: str) -> WebhookSender | None:
-        if not 0 < len(id_or_name) <= 100:
+        # Also keeps NUL and control characters out of the query (PostgreSQL refuses NUL).
+        if not 0 < len(id_or_name) <= MAX_INTEGRATION_REF_LENGTH or not id_or_name.isprintable():
             return None
         with self._session_factory() as session:
             integration = ehr_integrations.find_integration(session, id_or_name)

@@ -217,7 +217,9 @@ def detected_issue_id(assessment_id: str, index: int) -> str:
 def parse_detected_issue_id(resource_id: str) -> tuple[str, int] | None:
     """The (assessment id, flag index) of a DetectedIssue id, or None if it is not one of ours."""
     assessment_id, sep, index = resource_id.rpartition("-")
-    if not sep or not index.isdigit() or len(assessment_id) != 36:
+    # isdigit() alone admits '²', which int() refuses; a FHIR id is at most 64 characters.
+    digits = index.isascii() and index.isdigit() and len(index) <= 27
+    if not sep or not digits or len(assessment_id) != 36:
         return None
     return assessment_id, int(index)
 

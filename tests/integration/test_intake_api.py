@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import func, select
 
 from shared.models import Assessment, OutboxMessage
-from tests.factories import report
+from tests.factories import MEDICATION_CHANGE, WITH_MEDICATION_CHANGES, report
 
 PROBLEM = "application/problem+json"
 
@@ -54,6 +54,54 @@ def test_invalid_report_is_a_422_naming_every_field_and_stores_nothing(
     fields = {e["field"] for e in problem["errors"]}
     assert fields == {"patient.id", "patient.age", "onset_days", "findings.zzz"}
     assert {e["pointer"] for e in problem["errors"]} >= {"/patient/age", "/findings/zzz"}
+    assert count_rows(sessions) == before
+
+
+def test_a_report_with_medication_changes_is_accepted_and_stored_with_them(
+    intake: Any, auth: Any, sessions: Any
+) -> None:
+    response = intake.post("/v1/assessments", json=report(WITH_MEDICATION_CHANGES), headers=auth)
+    assert response.status_code == 202, response.get_data(as_text=True)
+    with sessions() as session:
+        stored = session.get(Assessment, response.get_json()["id"])
+        assert stored is not None
+        assert stored.report["medication_changes"] == WITH_MEDICATION_CHANGES["medication_changes"]
+    # A v1 report (no medication_changes) is stored with the contract's default.
+    v1 = intake.post("/v1/assessments", json=report(), headers=auth)
+    assert v1.status_code == 202
+    with sessions() as session:
+        assert session.get(Assessment, v1.get_json()["id"]).report["medication_changes"] == []
+
+
+def test_bad_medication_changes_are_a_422_naming_every_field_and_store_nothing(
+    intake: Any, auth: Any, sessions: Any
+) -> None:
+    before = count_rows(sessions)
+    body = report(
+        medication_changes=[
+            MEDICATION_CHANGE,
+            {"name": "x" * 201, "change": "increased", "days_ago": -1},
+            {**MEDICATION_CHANGE, "days_ago": "30", "dose": "20 mg"},
+            "ramipril",
+        ]
+    )
+    response = intake.post("/v1/assessments", json=body, headers=auth)
+    assert response.status_code == 422 and response.mimetype == PROBLEM
+    problem = response.get_json()
+    assert {(e["field"], e["pointer"]) for e in problem["errors"]} == {
+        ("medication_changes.1.name", "/medication_changes/1/name"),
+        ("medication_changes.1.change", "/medication_changes/1/change"),
+        ("medication_changes.1.days_ago", "/medication_changes/1/days_ago"),
+        ("medication_changes.2.days_ago", "/medication_changes/2/days_ago"),
+        ("medication_changes.2.dose", "/medication_changes/2/dose"),
+        ("medication_changes.3", "/medication_changes/3"),
+    }
+    assert problem["detail"].startswith("6 field(s) are invalid: medication_changes.1.change")
+    too_many = intake.post(
+        "/v1/assessments", json=report(medication_changes=[MEDICATION_CHANGE] * 51), headers=auth
+    )
+    assert too_many.status_code == 422
+    assert [e["field"] for e in too_many.get_json()["errors"]] == ["medication_changes"]
     assert count_rows(sessions) == before
 
 
@@ -191,5 +239,14 @@ def test_the_contract_is_published_as_json_schema(intake: Any) -> None:
     assert response.mimetype == "application/schema+json"
     check = fastjsonschema.compile(response.get_json())
     check(report())
+    check(report(WITH_MEDICATION_CHANGES))
     with pytest.raises(fastjsonschema.JsonSchemaException):
         check(report(complaints=["headache"]))
+    for entry in (
+        {**MEDICATION_CHANGE, "change": "increased"},
+        {**MEDICATION_CHANGE, "days_ago": -1},
+        {**MEDICATION_CHANGE, "dose": "20 mg"},
+        {"name": "atorvastatin", "change": "started"},
+    ):
+        with pytest.raises(fastjsonschema.JsonSchemaException):
+            check(report(medication_changes=[entry]))

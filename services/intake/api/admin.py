@@ -10,7 +10,6 @@ from typing import Any
 
 from flask import g, url_for
 from flask.views import MethodView
-from flask_smorest import Blueprint
 from marshmallow import RAISE, Schema, fields, validate
 
 from services.intake import ehr_integrations
@@ -19,9 +18,9 @@ from shared import repository
 from shared.auth import SCOPES, require_scope
 from shared.db import transaction
 from shared.problems import Problem
-from shared.web import sessions
+from shared.web import ApiBlueprint, sessions
 
-blp = Blueprint(
+blp = ApiBlueprint(
     "admin_integrations",
     __name__,
     url_prefix="/v1/admin/integrations",
@@ -123,9 +122,9 @@ class Integrations(MethodView):
         with sessions()() as session:
             return {"items": [_view(i) for i in ehr_integrations.list_integrations(session)]}
 
+    @require_scope("admin")  # above @arguments: no key is a 401 whatever the body
     @blp.arguments(IntegrationIn)
     @blp.response(201, CreatedIntegrationOut)
-    @require_scope("admin")
     def post(self, args: dict[str, Any]) -> Any:
         """Register an integration. The answer holds its first signing secret, once."""
         try:
@@ -165,9 +164,9 @@ class DisableIntegration(MethodView):
 
 @blp.route("/<string:integration_id>/secrets")
 class Secrets(MethodView):
+    @require_scope("admin")
     @blp.arguments(SecretIn)
     @blp.response(201, CreatedSecretOut)
-    @require_scope("admin")
     def post(self, args: dict[str, Any], integration_id: str) -> Any:
         """Add a signing secret (rotation). Both old and new work until the old is revoked
         or its grace period (`expire_others_in_hours`) runs out."""

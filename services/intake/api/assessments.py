@@ -7,18 +7,18 @@ from typing import Any
 
 from flask import Response, g, json, request, url_for
 from flask.views import MethodView
-from flask_smorest import Blueprint
 from marshmallow import Schema, fields
 
 from services.intake.commands import accept_assessment
 from shared import repository
 from shared.auth import require_scope
 from shared.problems import Problem
+from shared.request_input import MAX_IDEMPOTENCY_KEY_LENGTH, idempotency_key, json_body
 from shared.schemas.symptom_report import SymptomReportSchema, TriageResultOut
 from shared.vocabulary import ASSESSMENT_STATUSES
-from shared.web import sessions, settings_of, writer
+from shared.web import ApiBlueprint, sessions, settings_of, writer
 
-blp = Blueprint(
+blp = ApiBlueprint(
     "assessments",
     __name__,
     url_prefix="/v1/assessments",
@@ -56,18 +56,15 @@ def _links(assessment_id: str) -> tuple[str, dict[str, str]]:
 
 
 def _json_body() -> Any:
-    """The parsed JSON body, or a 415/400 problem. Size is capped by MAX_CONTENT_LENGTH (413)."""
+    """The parsed JSON body, or a 415/400 problem. Size is capped by MAX_CONTENT_LENGTH (413),
+    nesting and the rest by shared/request_input.py."""
     if not request.is_json:
         raise Problem(
             415,
             "Unsupported Media Type",
             "Send the symptom report as 'Content-Type: application/json'.",
         )
-    raw = request.get_data(cache=True)
-    try:
-        return json.loads(raw)
-    except ValueError as exc:
-        raise Problem(400, "Malformed JSON", f"The body is not valid JSON: {exc}.") from None
+    return json_body(request.get_data(cache=True))
 
 
 @blp.route("")
@@ -82,7 +79,7 @@ class Assessments(MethodView):
                 "in": "header",
                 "name": "Idempotency-Key",
                 "required": False,
-                "schema": {"type": "string", "maxLength": 255},
+                "schema": {"type": "string", "maxLength": MAX_IDEMPOTENCY_KEY_LENGTH},
                 "description": "Same key + same body: the first answer again. "
                 "Same key + different body: 422.",
             }
@@ -93,9 +90,7 @@ class Assessments(MethodView):
     @require_scope("assessments:write")
     def post(self) -> Any:
         """Submit a symptom report. It is stored at once and scored in the background."""
-        key = request.headers.get("Idempotency-Key")
-        if key is not None and not (0 < len(key) <= 255):
-            raise Problem(400, "Bad Idempotency-Key", "The key must be 1 to 255 characters.")
+        key = idempotency_key()
         accepted = accept_assessment(
             writer(),
             sessions(),

@@ -14,7 +14,6 @@ from typing import Any
 
 import structlog
 from flask import Response, g, json, request, url_for
-from flask_smorest import Blueprint
 from werkzeug.exceptions import HTTPException
 
 from services.intake import ehr_integrations
@@ -35,12 +34,13 @@ from services.intake.fhir_questionnaire import (
 from shared import repository
 from shared.auth import require_scope
 from shared.group_commit import Row
-from shared.problems import Problem
-from shared.web import sessions, settings_of, writer
+from shared.problems import MAX_LISTED_ERRORS, Problem
+from shared.request_input import idempotency_key, json_body
+from shared.web import ApiBlueprint, sessions, settings_of, writer
 
 log = structlog.get_logger("myotriage.intake.fhir")
 
-blp = Blueprint(
+blp = ApiBlueprint(
     "fhir",
     __name__,
     url_prefix="/fhir",
@@ -55,7 +55,17 @@ def fhir_response(resource: dict[str, Any], status: int = 200) -> Response:
 
 
 def outcome_response(issues: list[dict[str, Any]], status: int) -> Response:
-    """An OperationOutcome naming each problem, with the request id for support."""
+    """An OperationOutcome naming each problem (up to MAX_LISTED_ERRORS of them), with the
+    request id for support."""
+    if len(issues) > MAX_LISTED_ERRORS:
+        # A 64 KB response of made-up linkIds must not get an answer many times its size.
+        unlisted = len(issues) - MAX_LISTED_ERRORS
+        issues = [
+            *issues[:MAX_LISTED_ERRORS],
+            issue(
+                "informational", f"{unlisted} more issue(s) are not listed.", severity="information"
+            ),
+        ]
     outcome = operation_outcome(issues)
     outcome["id"] = getattr(g, "request_id", None) or "unknown"
     return fhir_response(outcome, status)
@@ -152,10 +162,7 @@ def _fhir_json_body() -> Any:
             "Unsupported Media Type",
             "Send the resource as 'Content-Type: application/fhir+json' (or application/json).",
         )
-    try:
-        return json.loads(request.get_data(cache=True))
-    except ValueError:
-        raise Problem(400, "Malformed JSON", "The body is not valid JSON.") from None
+    return json_body(request.get_data(cache=True))
 
 
 @blp.get(f"/Questionnaire/{QUESTIONNAIRE_ID}")
@@ -198,9 +205,7 @@ def search_questionnaires() -> Response:
 def create_questionnaire_response() -> Response:
     """Submit a completed QuestionnaireResponse for the intake Questionnaire. 202 with the
     assessment's links (as `POST /v1/assessments`), or an OperationOutcome (400/422)."""
-    key = request.headers.get("Idempotency-Key")
-    if key is not None and not (0 < len(key) <= 255):
-        raise Problem(400, "Bad Idempotency-Key", "The key must be 1 to 255 characters.")
+    key = idempotency_key()
     try:
         accepted = accept_questionnaire_response(
             _fhir_json_body(), source="fhir", caller_id=g.caller.key_id, idempotency_key=key

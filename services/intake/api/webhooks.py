@@ -16,8 +16,7 @@ from datetime import timedelta
 from typing import Any, NoReturn
 
 import structlog
-from flask import Response, current_app, json, request
-from flask_smorest import Blueprint
+from flask import Response, current_app, request
 
 from services.intake.api.fhir import (
     accept_questionnaire_response,
@@ -35,7 +34,8 @@ from services.intake.webhook_verification import (
     check_timestamp,
 )
 from shared.problems import Problem
-from shared.web import sessions, settings_of, writer
+from shared.request_input import JsonBodyRefused, loads, max_json_depth
+from shared.web import ApiBlueprint, sessions, settings_of, writer
 
 log = structlog.get_logger("myotriage.intake.webhooks")
 INTEGRATION_HEADER = "webhook-integration"
@@ -53,7 +53,7 @@ _TITLES = {
     422: "Unprocessable Content",
 }
 
-blp = Blueprint(
+blp = ApiBlueprint(
     "webhooks",
     __name__,
     url_prefix="/v1/webhooks",
@@ -156,7 +156,9 @@ def _receive(integration_ref: str) -> Response:
             ),
         )
     try:
-        body = json.loads(raw_body)
+        body = loads(raw_body, max_depth=max_json_depth())
+    except JsonBodyRefused as refused:
+        _reject(integration_id, webhook_id, WebhookRejected(400, refused.reason, refused.detail))
     except ValueError:
         _reject(
             integration_id,

@@ -15,7 +15,7 @@ from functools import wraps
 from typing import Any
 
 import structlog
-from flask import Blueprint, Flask, Response, current_app, g, json, request
+from flask import Blueprint, Flask, Response, current_app, g, request
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -31,6 +31,7 @@ from shared.cds_models import CdsFeedback
 from shared.db import transaction
 from shared.models import Assessment, TriageResult, utcnow
 from shared.problems import Problem
+from shared.request_input import json_body
 from shared.web import sessions, settings_of
 
 log = structlog.get_logger("myotriage.cds_hooks")
@@ -143,10 +144,7 @@ def _known_service(service_id: str) -> None:
 
 
 def _json_object() -> dict[str, Any]:
-    try:
-        body = json.loads(request.get_data(cache=True) or b"null")
-    except ValueError:
-        raise Problem(400, "Malformed JSON", "The body is not valid JSON.") from None
+    body = json_body(request.get_data(cache=True) or b"null")
     if not isinstance(body, dict):
         raise Problem(400, "Bad Request", "The body must be a JSON object.")
     return body

@@ -6,7 +6,6 @@ from typing import Any
 
 from flask import g
 from flask.views import MethodView
-from flask_smorest import Blueprint
 from marshmallow import Schema, fields, validate
 from sqlalchemy import select
 
@@ -17,9 +16,9 @@ from shared.db import transaction
 from shared.models import TriageResult
 from shared.problems import Problem
 from shared.vocabulary import TRIAGE_LEVELS
-from shared.web import sessions, settings_of
+from shared.web import ApiBlueprint, sessions, settings_of
 
-blp = Blueprint(
+blp = ApiBlueprint(
     "reports",
     __name__,
     url_prefix="/v1/reports",
@@ -67,9 +66,9 @@ class AssessmentReport(MethodView):
 
 @blp.route("/queue")
 class TriageQueue(MethodView):
+    @require_scope("reports:read")  # above @arguments: no key is a 401 whatever the query
     @blp.arguments(QueueArgs, location="query")
     @blp.response(200)
-    @require_scope("reports:read")
     def get(self, args: dict[str, Any]) -> Any:
         """Scored assessments, most urgent first (level, then priority, then oldest)."""
         reporting_url = settings_of().reporting_base_url
