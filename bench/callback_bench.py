@@ -32,7 +32,7 @@ import requests  # noqa: E402
 from sqlalchemy import func, select  # noqa: E402
 
 from bench.stack import BenchStack  # noqa: E402
-from services.local_stack import worker_command  # noqa: E402
+from services.local_stack import LOOPBACK_CALLBACK_NETWORKS, worker_command  # noqa: E402
 from services.reporting.api.subscriptions import new_secret  # noqa: E402
 from services.rules.callbacks import (  # noqa: E402
     enqueue_result_callbacks,
@@ -81,6 +81,13 @@ class Receiver:
 
 
 def start_callback_worker(stack: BenchStack, concurrency: int, pool: str) -> ServiceProcess:
+    env = dict(
+        stack.env,
+        # The receiver is on loopback; and with one subscription, the per-subscription cap on
+        # attempts in flight would be what is measured.
+        MYOTRIAGE_CALLBACK_ALLOWED_NETWORKS=LOOPBACK_CALLBACK_NETWORKS,
+        MYOTRIAGE_CALLBACK_MAX_IN_FLIGHT="100000",
+    )
     proc = ServiceProcess(
         "callback-worker",
         worker_command(
@@ -92,7 +99,7 @@ def start_callback_worker(stack: BenchStack, concurrency: int, pool: str) -> Ser
             "--without-mingle",
             queues=(CALLBACKS_QUEUE,),
         ),
-        stack.env,
+        env,
         stack.workdir / "logs",
     ).start()
     stack.procs.append(proc)

@@ -34,6 +34,9 @@ from shared.migrate import upgrade_database
 from shared.models import ApiKey
 
 INTAKE_THREADS = "16"
+# Callbacks may go to loopback (over http) in a local run and in the tests, so that a receiver
+# on this machine works; production allows no internal address (shared/callback_destinations.py).
+LOOPBACK_CALLBACK_NETWORKS = "127.0.0.0/8,::1"
 # A process that exits this many times within a minute is crash-looping: the run stops.
 RESTARTS_PER_MINUTE: Final = 5
 
@@ -225,6 +228,7 @@ class LocalStack:
                 )
                 return 2
             env["REDIS_URL"] = f"redis://127.0.0.1:{port}/0"
+        env.setdefault("MYOTRIAGE_CALLBACK_ALLOWED_NETWORKS", LOOPBACK_CALLBACK_NETWORKS)
         env["MYOTRIAGE_INTAKE_URL"] = f"http://127.0.0.1:{self.intake_port}"
         env["MYOTRIAGE_REPORTING_URL"] = f"http://127.0.0.1:{self.reporting_port}"
         settings = Settings.from_env(database_url=env["DATABASE_URL"], redis_url=env["REDIS_URL"])

@@ -34,6 +34,9 @@ class Settings:
     max_request_bytes: int = field(
         default=64 * 1024, metadata={"env": "MYOTRIAGE_MAX_REQUEST_BYTES"}
     )
+    # Deepest nesting of arrays and objects accepted in a JSON body (a report nests 3 deep, a
+    # FHIR QuestionnaireResponse about 10); deeper bodies get 400 (shared/request_input.py).
+    max_json_depth: int = field(default=32, metadata={"env": "MYOTRIAGE_MAX_JSON_DEPTH"})
     # Log level for structlog's JSON lines.
     log_level: str = field(default="INFO", metadata={"env": "MYOTRIAGE_LOG_LEVEL"})
     # Outbox relay: how long to sleep when the outbox is empty, and how many rows per batch.
@@ -90,6 +93,25 @@ class Settings:
     # How often the relay looks for deliveries whose retry time has come.
     callback_dispatch_seconds: float = field(
         default=1.0, metadata={"env": "MYOTRIAGE_CALLBACK_DISPATCH_SECONDS"}
+    )
+    # The whole of one attempt (connect, TLS, sending, the answer), whatever the per-read timeout:
+    # an endpoint that trickles bytes is cut off here.
+    callback_total_timeout: float = field(
+        default=15.0, metadata={"env": "MYOTRIAGE_CALLBACK_TOTAL_TIMEOUT"}
+    )
+    # Callbacks go to public addresses over https only (shared/callback_destinations.py), except
+    # to these networks (CIDRs or addresses) and host names, comma-separated, which may also use
+    # plain http. Empty in production; the local run and the tests allow loopback.
+    callback_allowed_networks: str = field(
+        default="", metadata={"env": "MYOTRIAGE_CALLBACK_ALLOWED_NETWORKS"}
+    )
+    # At most this many attempts in flight per subscription; more wait their turn (deferred).
+    callback_max_in_flight: int = field(
+        default=8, metadata={"env": "MYOTRIAGE_CALLBACK_MAX_IN_FLIGHT"}
+    )
+    # Active subscriptions an API key may own (creating one more is refused with 409).
+    callback_max_subscriptions: int = field(
+        default=20, metadata={"env": "MYOTRIAGE_CALLBACK_MAX_SUBSCRIPTIONS"}
     )
     # CDS Hooks: trusted EHR issuers as JSON, each with a JWKS URL or an inline JWKS:
     # [{"iss": "https://ehr.example", "jwks_url": "https://ehr.example/.well-known/jwks.json"}]

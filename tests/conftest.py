@@ -16,6 +16,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ProgrammingError
 
 from services.intake.app import create_app as create_intake
+from services.local_stack import LOOPBACK_CALLBACK_NETWORKS
 from services.reporting.app import create_app as create_reporting
 from shared.auth import SCOPES, create_api_key
 from shared.config import Settings
@@ -100,6 +101,8 @@ def settings(database_url: str, redis_url: str) -> Settings:
         intake_base_url="http://intake.test",
         reporting_base_url="http://reporting.test",
         api_key_cache_seconds=0.0,
+        # As `service_env` gives the worker: callbacks to loopback test receivers are allowed.
+        callback_allowed_networks=LOOPBACK_CALLBACK_NETWORKS,
     )
 
 

@@ -16,7 +16,12 @@ import redis
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from services.local_stack import find_redis_server, free_port, worker_command
+from services.local_stack import (
+    LOOPBACK_CALLBACK_NETWORKS,
+    find_redis_server,
+    free_port,
+    worker_command,
+)
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -167,7 +172,13 @@ def private_database(database_url: str, workdir: Path, name: str) -> Iterator[st
 
 
 def service_env(database_url: str, redis_url: str, **extra: str) -> dict[str, str]:
+    """The environment of a worker or relay under test: callbacks may reach loopback receivers."""
     env = dict(os.environ)
-    env.update(DATABASE_URL=database_url, REDIS_URL=redis_url, MYOTRIAGE_LOG_LEVEL="INFO")
+    env.update(
+        DATABASE_URL=database_url,
+        REDIS_URL=redis_url,
+        MYOTRIAGE_LOG_LEVEL="INFO",
+        MYOTRIAGE_CALLBACK_ALLOWED_NETWORKS=LOOPBACK_CALLBACK_NETWORKS,
+    )
     env.update(extra)
     return env

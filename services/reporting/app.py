@@ -7,6 +7,7 @@ from typing import Any
 from flask import Flask
 from flask_cors import CORS
 
+from shared.callback_destinations import DestinationPolicy
 from shared.config import Settings
 from shared.web import build_app, resolve_settings
 
@@ -15,6 +16,8 @@ def create_app(config: Settings | dict[str, Any] | None = None) -> Flask:
     """Build the reporting app. `config` is a Settings, or overrides of the environment's."""
     settings = resolve_settings(config)
     app, api = build_app(__name__, "reporting", "MyoTriage reporting", settings)
+    # Parsed now: a bad MYOTRIAGE_CALLBACK_ALLOWED_NETWORKS stops the service at start-up.
+    app.extensions["myotriage.callback_destinations"] = DestinationPolicy.from_settings(settings)
     from services.reporting.api.cds_hooks import register_cds_hooks
     from services.reporting.api.fhir import register_fhir
     from services.reporting.api.reports import blp as reports

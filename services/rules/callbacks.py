@@ -7,8 +7,11 @@ How a result reaches an EHR:
    (task `callbacks.deliver`, queue `callbacks`). Scoring never waits on an EHR.
 2. The outbox relay publishes the task (task id = outbox id) to the `callbacks` queue, which a
    separate worker consumes, so a slow EHR never holds up scoring.
-3. `deliver` claims the row (`delivering`, with a lease), POSTs the signed payload with short
-   timeouts, logs the attempt and moves the row on: `delivered`; `failed_retrying` with
+3. `deliver` claims the row (`delivering`, with a lease) unless its subscription already has
+   `max_in_flight` attempts running (then the row waits as `failed_retrying` for a second or
+   two, attempt count untouched). It POSTs the signed payload to the address the destination
+   policy checked (`callback_http.py`: public https only, unless allowlisted), within a total
+   deadline, logs the attempt and moves the row on: `delivered`; `failed_retrying` with
    `next_attempt_at` from the retry schedule (with jitter, never before `Retry-After`); `dead`
    after the last attempt or on a non-retryable answer; `disabled` on `410 Gone`, which also
    disables the subscription. It then marks its own outbox row completed.
@@ -39,6 +42,13 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from standardwebhooks.webhooks import Webhook
 
+from services.rules.callback_http import (
+    DeadlineExceeded,
+    DestinationNotAllowed,
+    callback_session,
+    post_callback,
+)
+from shared.callback_destinations import DestinationPolicy
 from shared.cds_models import (
     DELIVERY_DEAD,
     DELIVERY_DELIVERED,
@@ -67,10 +77,14 @@ EMERGENCY_LEVELS = frozenset({"emergency_ambulance", "emergency"})
 # same signed request will not start to succeed: the integrator fixes it and replays).
 RETRYABLE_STATUS = frozenset({408, 425, 429})
 MAX_RETRY_AFTER_SECONDS = 24 * 3600.0
-# A worker's hold on a `delivering` row outlasts its HTTP timeouts by this much.
+# A worker's hold on a `delivering` row outlasts its attempt's deadline by this much.
 LEASE_MARGIN_SECONDS = 5.0
-MAX_RESPONSE_BYTES = 64 * 1024
 USER_AGENT = "MyoTriage-Webhooks/1.0"
+# What the delivery log says of a destination the policy refused: nothing of what it resolved to.
+DESTINATION_NOT_ALLOWED = "destination not allowed"
+# A delivery held back by its subscription's in-flight cap is tried again after this long
+# (plus up to as much again at random, so held-back deliveries do not return in a crowd).
+DEFER_SECONDS = 1.0
 
 ATTEMPTS = Counter("myotriage_callback_attempts_total", "Callback HTTP attempts", ["outcome"])
 ATTEMPT_SECONDS = Histogram(
@@ -85,12 +99,15 @@ ATTEMPT_SECONDS = Histogram(
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """When to try, how long to wait for an answer, and how many tries before dead-lettering."""
+    """When to try, how long to wait for an answer, how many tries before dead-lettering, and
+    how many tries of one subscription may run at once."""
 
     schedule: tuple[float, ...]
     jitter: float = 0.2
     connect_timeout: float = 3.0
-    read_timeout: float = 10.0
+    read_timeout: float = 10.0  # per read
+    total_timeout: float = 15.0  # the whole attempt
+    max_in_flight: int = 8  # per subscription
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RetryPolicy:
@@ -99,6 +116,8 @@ class RetryPolicy:
             jitter=settings.callback_retry_jitter,
             connect_timeout=settings.callback_connect_timeout,
             read_timeout=settings.callback_read_timeout,
+            total_timeout=settings.callback_total_timeout,
+            max_in_flight=max(1, settings.callback_max_in_flight),
         )
 
     @property
@@ -107,7 +126,7 @@ class RetryPolicy:
 
     @property
     def lease_seconds(self) -> float:
-        return self.connect_timeout + self.read_timeout + LEASE_MARGIN_SECONDS
+        return self.total_timeout + LEASE_MARGIN_SECONDS
 
     def delay_after(
         self,
@@ -350,24 +369,23 @@ def deliver(
     policy: RetryPolicy,
     *,
     message_id: str | None = None,
-    http: requests.Session | None = None,
+    destinations: DestinationPolicy | None = None,
 ) -> str:
     """Make one attempt at `delivery_id` if it is due; returns what happened.
 
-    Outcomes: delivered, retry, dead, disabled (this attempt's result), or skipped (nothing to
-    do: already final, waiting for its retry time, or another worker holds it). `message_id` is
-    the outbox row that woke us; it is marked completed unless another worker holds the row.
+    Outcomes: delivered, retry, dead, disabled (this attempt's result), deferred (its
+    subscription already has `policy.max_in_flight` attempts running: it waits a moment, no
+    attempt counted), or skipped (nothing to do: already final, waiting for its retry time, or
+    another worker holds it). `message_id` is the outbox row that woke us; it is marked
+    completed unless another worker holds the row. `destinations` defaults to the
+    environment's settings (no allowlist unless MYOTRIAGE_CALLBACK_ALLOWED_NETWORKS is set).
     """
     claim, skipped = _claim(sessions, delivery_id, policy, message_id)
     if claim is None:
         return skipped
     started = utcnow()
-    if http is None:
-        http = _http_session()
-        environment = _environment_for(claim.url)
-    else:
-        environment = {}  # a caller's own session: it reads the environment as it is set to
-    response = _post(http, claim, policy, started, environment)
+    destinations = destinations or _destinations_for(_default_settings())
+    response = _post(_http_session(destinations), claim, policy, started)
     return _record(sessions, claim, response, started, policy, message_id)
 
 
@@ -379,7 +397,22 @@ _deliveries = cast(Table, CallbackDelivery.__table__)
 _subscriptions = cast(Table, CallbackSubscription.__table__)
 _outbox = cast(Table, OutboxMessage.__table__)
 
-# Compare-and-set: of two workers woken for the same row, exactly one matches.
+# Attempts of the same subscription running now (live leases; a dead worker's expired lease
+# does not count). The (status, next_attempt_at) index finds them among few rows.
+_busy = _deliveries.alias("busy")
+_IN_FLIGHT = (
+    select(func.count())
+    .select_from(_busy)
+    .where(
+        _busy.c.status == DELIVERY_DELIVERING,
+        _busy.c.next_attempt_at > bindparam("now"),
+        _busy.c.subscription_id == _deliveries.c.subscription_id,
+    )
+    .scalar_subquery()
+)
+
+# Compare-and-set: of two workers woken for the same row, exactly one matches; and only while
+# the subscription has fewer than `max_in_flight` attempts running.
 _CLAIM = (
     update(_deliveries)
     .where(
@@ -391,6 +424,7 @@ _CLAIM = (
                 _deliveries.c.next_attempt_at <= bindparam("now"),  # a dead worker's lease
             ),
         ),
+        bindparam("max_in_flight") > _IN_FLIGHT,
     )
     .values(
         status=DELIVERY_DELIVERING,
@@ -414,6 +448,23 @@ _LOAD_CLAIMED = (
         _deliveries.outerjoin(_subscriptions, _subscriptions.c.id == _deliveries.c.subscription_id)
     )
     .where(_deliveries.c.id == bindparam("delivery_id"))
+)
+
+# PostgreSQL: claims of one subscription's deliveries take turns (until commit), so that two
+# workers cannot both count the same in-flight attempts and both pass the cap. An advisory lock
+# rather than a row lock: recording an outcome also writes the subscription row (410), and must
+# not wait on a claim that waits on it. (SQLite runs one writer at a time anyway.)
+_LOCK_SUBSCRIPTION_CLAIMS = select(
+    func.pg_advisory_xact_lock(
+        func.hashtext("myotriage.callback_claim"), func.hashtext(_deliveries.c.subscription_id)
+    )
+).where(_deliveries.c.id == bindparam("delivery_id"))
+
+# A pending delivery held back by the in-flight cap waits as a retry does, for the relay.
+_DEFER = (
+    update(_deliveries)
+    .where(_deliveries.c.id == bindparam("delivery_id"), _deliveries.c.status == DELIVERY_PENDING)
+    .values(status=DELIVERY_RETRYING, next_attempt_at=bindparam("until"))
 )
 
 # A claimed delivery whose subscription is gone or disabled is not sent.
@@ -464,15 +515,33 @@ def _claim(
     # The transaction starts with its write: on SQLite a read-then-write transaction fails at
     # once (SQLITE_BUSY_SNAPSHOT) if another process wrote in between, a write-first one waits.
     with transaction(sessions) as session:
+        if session.get_bind().dialect.name == "postgresql":
+            session.execute(_LOCK_SUBSCRIPTION_CLAIMS, {"delivery_id": delivery_id})
         claimed = session.execute(
             _CLAIM,
             {
                 "delivery_id": delivery_id,
                 "now": now,
                 "lease_until": now + timedelta(seconds=policy.lease_seconds),
+                "max_in_flight": policy.max_in_flight,
             },
         ).rowcount  # type: ignore[attr-defined]
         row = session.execute(_LOAD_CLAIMED, {"delivery_id": delivery_id}).first()
+        if not claimed and row is not None and row.status == DELIVERY_PENDING:
+            # Pending rows are always claimable but for the cap: wait and let the relay queue
+            # it again (deferred, not dropped; no attempt is counted).
+            wait = DEFER_SECONDS * (1 + random.random())
+            session.execute(
+                _DEFER, {"delivery_id": delivery_id, "until": now + timedelta(seconds=wait)}
+            )
+            _complete_message(session, message_id)
+            log.info(
+                "callback.deferred",
+                delivery_id=delivery_id,
+                subscription_id=row.subscription_id,
+                max_in_flight=policy.max_in_flight,
+            )
+            return None, "deferred"
         if not claimed:
             busy = row is not None and row.status == DELIVERY_DELIVERING
             if not busy:
@@ -496,38 +565,35 @@ def _claim(
         )
 
 
-def _post(
-    http: requests.Session,
-    claim: _Claim,
-    policy: RetryPolicy,
-    at: datetime,
-    environment: dict[str, Any],
-) -> _Response:
-    """POST the signed body once; `environment` is `_environment_for(claim.url)` or empty."""
+def _post(http: requests.Session, claim: _Claim, policy: RetryPolicy, at: datetime) -> _Response:
+    """POST the signed body once, to the checked address only, within the total deadline."""
     headers = signed_headers(claim.secret, claim.delivery_id, claim.body, at)
     started = time.perf_counter()
     try:
-        # No redirects: a callback URL that redirects elsewhere is a configuration error (and
-        # following it blindly would let a receiver point our signed request anywhere).
-        with http.post(
+        answer = post_callback(
+            http,
             claim.url,
-            data=claim.body.encode("utf-8"),
-            headers=headers,
-            timeout=(policy.connect_timeout, policy.read_timeout),
-            allow_redirects=False,
-            stream=True,
-            **environment,
-        ) as response:
-            # Read a little of the body so the connection can be reused; ignore the rest.
-            response.raw.read(MAX_RESPONSE_BYTES, decode_content=False)
-            return _Response(
-                response.status_code,
-                None,
-                response.headers.get("Retry-After"),
-                _ms_since(started),
-            )
+            claim.body.encode("utf-8"),
+            headers,
+            connect_timeout=policy.connect_timeout,
+            read_timeout=policy.read_timeout,
+            total_timeout=policy.total_timeout,
+        )
+    except DestinationNotAllowed as exc:
+        # The log says why (for operators); the delivery log only that it was refused, and no
+        # timing: what the name resolved to, and whether anything answers there, stay ours.
+        log.warning(
+            "callback.destination_refused",
+            delivery_id=claim.delivery_id,
+            subscription_id=claim.subscription_id,
+            reason=exc.code,
+        )
+        return _Response(None, DESTINATION_NOT_ALLOWED, None, 0.0)
+    except DeadlineExceeded:
+        return _Response(None, "DeadlineExceeded", None, _ms_since(started))
     except requests.RequestException as exc:
         return _Response(None, type(exc).__name__, None, _ms_since(started))
+    return _Response(answer.status_code, None, answer.retry_after, _ms_since(started))
 
 
 def _outcome(
@@ -654,6 +720,33 @@ def deliveries_of(
     return [(d, attempts[d.id]) for d in deliveries]
 
 
+def reserve_subscription_slot(session: Session, owner_key_id: str, limit: int) -> bool:
+    """Whether `owner_key_id` may add one more active subscription (it has fewer than `limit`).
+
+    Call it in the transaction that adds the subscription: on PostgreSQL it holds a lock per
+    owner until commit, so two concurrent creates cannot both take the last slot. Disabled
+    subscriptions do not count (there is no delete: disabling frees the slot). The owner is the
+    API key for now; when tenants arrive, this is the one place that counts per tenant.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(
+            select(
+                func.pg_advisory_xact_lock(
+                    func.hashtext("myotriage.subscription_slots"), func.hashtext(owner_key_id)
+                )
+            )
+        )
+    active = session.scalar(
+        select(func.count())
+        .select_from(CallbackSubscription)
+        .where(
+            CallbackSubscription.owner_key_id == owner_key_id,
+            CallbackSubscription.disabled_at.is_(None),
+        )
+    )
+    return int(active or 0) < limit
+
+
 def subscriptions_of(session: Session, owner_key_id: str | None) -> Sequence[CallbackSubscription]:
     """Subscriptions owned by `owner_key_id` (all of them when None), newest first."""
     query = select(CallbackSubscription).order_by(CallbackSubscription.created_at.desc())
@@ -687,11 +780,13 @@ def register_callback_tasks(app: Celery) -> None:
     )
     def deliver_callback(self: Task, delivery_id: str) -> None:
         """Attempt one callback delivery by id (idempotent: a finished delivery is skipped)."""
+        settings = runtime.settings()
         deliver(
             runtime.sessions(),
             delivery_id,
-            _policy_for(runtime.settings()),
+            _policy_for(settings),
             message_id=self.request.id,
+            destinations=_destinations_for(settings),
         )
 
 
@@ -701,41 +796,27 @@ _local = threading.local()
 _settings: list[Settings] = []
 
 
-def _http_session() -> requests.Session:
-    """This thread's keep-alive pool (requests.Session is not thread-safe), none across a fork.
-
-    It does not consult the environment on each request (`trust_env` off): requests would re-read
-    os.environ for proxies and CA bundles, and .netrc, on every call (over 1 ms a delivery).
-    `_environment_for` works the same settings out once per URL and `_post` passes them.
-    """
+def _http_session(destinations: DestinationPolicy) -> requests.Session:
+    """This thread's keep-alive pool for `destinations` (requests.Session is not thread-safe),
+    none across a fork. It reads nothing from the environment: no .netrc, no proxies
+    (`callback_http.callback_session` says why)."""
     pid = os.getpid()
-    if getattr(_local, "pid", None) != pid:
+    forked = getattr(_local, "pid", None) != pid
+    if forked or getattr(_local, "destinations", None) is not destinations:
+        if not forked:
+            _local.session.close()  # another policy (tests): its pools go with it
         _local.pid = pid
-        _local.session = requests.Session()
-        _local.session.trust_env = False
-        _local.environment = {}
+        _local.destinations = destinations
+        _local.session = callback_session(destinations)
     return _local.session  # type: ignore[no-any-return]
 
 
-def _environment_for(url: str) -> dict[str, Any]:
-    """What requests would take from the environment for `url` (proxies, CA bundle, client
-    certificate, .netrc credentials), cached per thread and URL; call `_http_session` first."""
-    cache: dict[str, dict[str, Any]] = _local.environment
-    settings = cache.get(url)
-    if settings is None:
-        probe = requests.Session()  # trust_env on: the lookups requests itself would make
-        merged = probe.merge_environment_settings(url, {}, None, None, None)
-        settings = {
-            "proxies": merged["proxies"],
-            "verify": merged["verify"],
-            "cert": merged["cert"],
-            "auth": requests.utils.get_netrc_auth(url),
-        }
-        probe.close()
-        if len(cache) >= 1024:  # subscriptions are few; bound it all the same
-            cache.clear()
-        cache[url] = settings
-    return settings
+def _destinations_for(settings: Settings) -> DestinationPolicy:
+    """`DestinationPolicy.from_settings`, parsed once per settings object rather than per task."""
+    cached = getattr(_local, "destination_policy", None)
+    if cached is None or cached[0] is not settings:
+        cached = _local.destination_policy = (settings, DestinationPolicy.from_settings(settings))
+    return cached[1]  # type: ignore[no-any-return]
 
 
 def _policy_for(settings: Settings) -> RetryPolicy:

@@ -15,6 +15,7 @@ from celery.signals import worker_init, worker_process_init
 from services.rules import runtime
 from services.rules.callbacks import register_callback_tasks
 from services.rules.tasks import register_tasks
+from shared.callback_destinations import DestinationPolicy
 from shared.celery_app import create_celery
 from shared.observability import configure_logging
 
@@ -30,6 +31,8 @@ app = celery_app  # `celery -A services.rules.worker` finds `app`
 @worker_init.connect
 def _load_rules(**_: Any) -> None:
     ruleset = runtime.ruleset()  # raises RuleSetError naming the rule: the worker stops
+    # A bad MYOTRIAGE_CALLBACK_ALLOWED_NETWORKS stops it too, rather than fail every delivery.
+    DestinationPolicy.from_settings(runtime.settings())
     log.info("worker.ruleset_loaded", ruleset_version=ruleset.version)
     port = os.environ.get("MYOTRIAGE_WORKER_METRICS_PORT")
     if port:

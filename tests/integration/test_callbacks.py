@@ -3,9 +3,11 @@
 
 Most tests drive one delivery attempt at a time on a private database (so the session's worker
 and relay cannot race them) with a receiver that fails on purpose: 500, timeouts, refused
-connections, 410, Retry-After. Two tests go through real processes: the session's worker and
-relay (a scored report arrives signed), and a callback worker + relay of our own with a short
-retry schedule (retries from the database, a slow endpoint not holding up another).
+connections, 410, Retry-After. Others check where callbacks may go (loopback only through the
+allowlist, to the address that was checked) and the caps on in-flight attempts and on
+subscriptions. Two tests go through real processes: the session's worker and relay (a scored
+report arrives signed), and a callback worker + relay of our own with a short retry schedule
+(retries from the database, a slow endpoint not holding up another).
 """
 
 from __future__ import annotations
@@ -14,10 +16,12 @@ import functools
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from ipaddress import IPv4Address
 from typing import Any
 
 import pytest
@@ -25,7 +29,8 @@ from fhir.resources.R4B.bundle import Bundle
 from sqlalchemy import select, update
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from services.local_stack import free_port, worker_command
+from services.local_stack import LOOPBACK_CALLBACK_NETWORKS, free_port, worker_command
+from services.reporting.api.subscriptions import new_secret
 from services.reporting.app import create_app as create_reporting
 from services.rules.callbacks import (
     CALLBACK_TASK,
@@ -40,6 +45,7 @@ from services.rules.callbacks import (
 from services.rules.engine import load_ruleset
 from services.rules.scoring import score_assessment
 from shared.auth import create_api_key
+from shared.callback_destinations import DestinationPolicy, IPAddress
 from shared.cds_models import CallbackAttempt, CallbackDelivery, CallbackSubscription
 from shared.celery_app import CALLBACKS_QUEUE
 from shared.config import Settings
@@ -156,12 +162,18 @@ def verified(received: Received, secret: str) -> dict[str, Any]:
 
 
 class Rig:
-    """A migrated private database, a reporting app on it, and a callbacks:manage key."""
+    """A migrated private database, a reporting app on it, and a callbacks:manage key.
+
+    Callbacks may go to loopback (the session's settings allow it, as the worker's environment
+    does), and the key may own many subscriptions: these tests make dozens."""
 
     def __init__(self, database_url: str, settings: Settings) -> None:
         upgrade_database(database_url)
         self.database_url = database_url
-        self.settings = settings.with_overrides(database_url=database_url)
+        self.settings = settings.with_overrides(
+            database_url=database_url, callback_max_subscriptions=1000
+        )
+        self.destinations = DestinationPolicy.from_settings(self.settings)
         self.sessions = make_session_factory(make_engine(database_url))
         with transaction(self.sessions) as session:
             _, key = create_api_key(session, "ehr", ["callbacks:manage"])
@@ -176,6 +188,20 @@ class Rig:
         )
         assert response.status_code == 201, response.get_json()
         return response.get_json()  # type: ignore[no-any-return]
+
+    def add_subscription(self, url: str) -> tuple[str, str]:
+        """A subscription stored as it is, past the API's check (as if its host name resolved
+        elsewhere when it was created); (id, secret)."""
+        subscription = CallbackSubscription(
+            owner_key_id="test",
+            callback_url=url,
+            secret=new_secret(),
+            event_types=[EVENT_SCORED],
+            include_fhir=False,
+        )
+        with transaction(self.sessions) as session:
+            session.add(subscription)
+        return subscription.id, subscription.secret
 
     def score(self, body: dict[str, Any]) -> str:
         """Store a report and score it in this process with the real engine and `_store`."""
@@ -220,7 +246,11 @@ class Rig:
         """One attempt, the way the task makes it (woken by the open outbox row)."""
         message = self.open_message(delivery_id)
         return deliver(
-            self.sessions, delivery_id, policy, message_id=message.id if message else None
+            self.sessions,
+            delivery_id,
+            policy,
+            message_id=message.id if message else None,
+            destinations=self.destinations,
         )
 
 
@@ -480,6 +510,161 @@ def test_a_dead_workers_lease_runs_out_and_another_takes_over(
         session.execute(held.values(next_attempt_at=utcnow() - timedelta(seconds=1)))
     assert rig.attempt(delivery.id) == "delivered"
     assert rig.delivery(delivery.id).attempts == 2
+
+
+# ---- Where callbacks may go, and how many at once ----------------------------------------------
+
+
+def test_a_host_name_resolving_to_loopback_is_refused_without_the_allowlist(
+    rig: Rig, receiver: CallbackReceiver
+) -> None:
+    port = receiver.server.server_address[1]
+    subscription_id, _ = rig.add_subscription(f"http://localhost:{port}/hook")
+    rig.score(report(DOMS))
+    [delivery] = rig.deliveries(subscription_id)
+
+    production = DestinationPolicy()  # no allowlist
+    outcome = deliver(rig.sessions, delivery.id, FAST, destinations=production)
+
+    assert outcome == "retry"  # DNS may change: it is tried again on the schedule
+    assert receiver.received == []  # nothing was sent
+    with rig.sessions() as session:
+        [attempt] = session.scalars(
+            select(CallbackAttempt).where(CallbackAttempt.delivery_id == delivery.id)
+        ).all()
+    # A failed attempt with a generic reason: no address, no range, no timing.
+    assert (attempt.status_code, attempt.error, attempt.duration_ms, attempt.outcome) == (
+        None,
+        "destination not allowed",
+        0.0,
+        "retry",
+    )
+    assert rig.delivery(delivery.id).last_error == "destination not allowed"
+
+
+def test_the_connection_goes_to_the_checked_address_with_the_urls_host(
+    rig: Rig, receiver: CallbackReceiver
+) -> None:
+    looked_up: list[tuple[str, int]] = []
+
+    def resolve(host: str, port: int) -> Sequence[IPAddress]:
+        looked_up.append((host, port))
+        return [IPv4Address("127.0.0.1")]
+
+    destinations = DestinationPolicy.parse(LOOPBACK_CALLBACK_NETWORKS, resolver=resolve)
+    port = receiver.server.server_address[1]
+    # `.invalid` never resolves (RFC 6761): only the checked address can have been used.
+    subscription_id, secret = rig.add_subscription(f"http://ehr.invalid:{port}/pinned")
+    rig.score(report(DOMS))
+    [delivery] = rig.deliveries(subscription_id)
+
+    assert deliver(rig.sessions, delivery.id, FAST, destinations=destinations) == "delivered"
+
+    [request] = receiver.at("/pinned")
+    assert request.headers["Host"] == f"ehr.invalid:{port}"
+    assert verified(request, secret)["data"]["triage"] == "self_care"
+    assert looked_up == [("ehr.invalid", port)]  # resolved once, for the check and the connect
+
+
+def test_a_subscription_has_at_most_max_in_flight_attempts_at_once(
+    rig: Rig, receiver: CallbackReceiver
+) -> None:
+    one_at_a_time = RetryPolicy(
+        schedule=(0, 1, 2), jitter=0.0, connect_timeout=0.5, read_timeout=2.0, max_in_flight=1
+    )
+    subscription = rig.subscribe(receiver.url("/one"))
+    other = rig.subscribe(receiver.url("/other"))
+    receiver.script("/one", Answer(200, delay=1.0))
+    for _ in range(3):
+        rig.score(report(DOMS))
+    deliveries = rig.deliveries(subscription["id"])
+    assert len(deliveries) == 3
+    [other_delivery, *_] = rig.deliveries(other["id"])
+
+    started = utcnow()
+    with ThreadPoolExecutor(4) as pool:
+        outcomes = list(pool.map(lambda d: rig.attempt(d.id, one_at_a_time), deliveries))
+        # Another subscription is not held back by this one's cap.
+        assert rig.attempt(other_delivery.id, one_at_a_time) == "delivered"
+
+    assert sorted(outcomes) == ["deferred", "deferred", "delivered"]
+    assert len(receiver.at("/one")) == 1
+    held = [d.id for d, outcome in zip(deliveries, outcomes, strict=True) if outcome == "deferred"]
+    for delivery_id in held:
+        row = rig.delivery(delivery_id)
+        # Deferred, not dropped and not failed: no attempt counted, due again in 1-2 s, and
+        # the relay queues it again then (its wake-up message is done).
+        assert (row.status, row.attempts, row.last_error) == ("failed_retrying", 0, None)
+        assert timedelta(seconds=0.9) < aware(row.next_attempt_at) - started < timedelta(seconds=3)
+        assert rig.open_message(delivery_id) is None
+    with transaction(rig.sessions) as session:
+        assert queue_due_deliveries(session, utcnow() + timedelta(seconds=3), 100) >= 2
+    assert [rig.attempt(d, one_at_a_time) for d in held] == ["delivered", "delivered"]
+    assert len(receiver.at("/one")) == 3
+    with rig.sessions() as session:
+        attempts = session.scalars(
+            select(CallbackAttempt.attempt).where(CallbackAttempt.delivery_id.in_(held))
+        ).all()
+    assert attempts == [1, 1]  # the deferral was not an attempt
+
+
+def test_callback_urls_at_internal_addresses_are_refused_with_422(rig: Rig) -> None:
+    def refused(client: Any, url: str) -> str:
+        response = client.post("/v1/subscriptions", json={"callback_url": url}, headers=rig.auth)
+        assert response.status_code == 422, (url, response.get_json())
+        assert response.mimetype == "application/problem+json"
+        [error] = response.get_json()["errors"]
+        assert error["field"] == "callback_url"
+        return str(error["message"])
+
+    before = len(rig.client.get("/v1/subscriptions", headers=rig.auth).get_json()["items"])
+    assert "private" in refused(rig.client, "https://10.0.0.5/hook")
+    assert "private" in refused(rig.client, "https://192.168.1.20:8443/hook")
+    assert "private" in refused(rig.client, "https://[::ffff:172.16.0.9]/hook")
+    assert "link-local" in refused(rig.client, "https://169.254.169.254/latest/meta-data/")
+    assert "unique-local" in refused(rig.client, "https://[fd00::7]/hook")
+    assert "https://" in refused(rig.client, "http://8.8.8.8/hook")  # public, but plain http
+    # Without the tests' loopback allowlist (as in production), localhost is refused too.
+    production = create_reporting(rig.settings.with_overrides(callback_allowed_networks=""))
+    production.config["TESTING"] = True
+    client = production.test_client()
+    assert "loopback" in refused(client, "https://localhost/hook")
+    assert "loopback" in refused(client, "http://127.0.0.1:8080/hook")
+    after = len(rig.client.get("/v1/subscriptions", headers=rig.auth).get_json()["items"])
+    assert after == before  # nothing stored
+
+
+def test_an_api_key_owns_at_most_max_subscriptions(rig: Rig) -> None:
+    capped = create_reporting(rig.settings.with_overrides(callback_max_subscriptions=2))
+    capped.config["TESTING"] = True
+    client = capped.test_client()
+    with transaction(rig.sessions) as session:
+        _, key = create_api_key(session, "capped ehr", ["callbacks:manage"])
+        _, other_key = create_api_key(session, "another ehr", ["callbacks:manage"])
+    auth = {"Authorization": f"Bearer {key}"}
+    other_auth = {"Authorization": f"Bearer {other_key}"}
+
+    def create(path: str, headers: dict[str, str] = auth) -> Any:
+        url = f"https://8.8.8.8/{path}"  # a public address: checked, never contacted here
+        return client.post("/v1/subscriptions", json={"callback_url": url}, headers=headers)
+
+    created = [create("one").get_json(), create("two").get_json()]
+    third = create("three")
+    assert third.status_code == 409 and third.mimetype == "application/problem+json"
+    assert "2 active subscriptions" in third.get_json()["detail"]
+    # Another key has its own count.
+    theirs = create("theirs", other_auth)
+    assert theirs.status_code == 201
+    # Disabling one frees its slot (there is no delete).
+    client.post(f"/v1/subscriptions/{created[0]['id']}/disable", headers=auth)
+    fourth = create("four")
+    assert fourth.status_code == 201
+    for subscription, headers in (
+        (created[1], auth),
+        (fourth.get_json(), auth),
+        (theirs.get_json(), other_auth),
+    ):
+        client.post(f"/v1/subscriptions/{subscription['id']}/disable", headers=headers)
 
 
 # ---- The subscriptions API --------------------------------------------------------------------

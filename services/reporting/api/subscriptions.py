@@ -1,7 +1,10 @@
 """`/v1/subscriptions`: EHR endpoints that receive signed result callbacks, and their delivery log.
 
-A subscription belongs to the API key that created it (keys with `admin` see all). The signing
-secret is returned once, at creation, when we generate it; it is never shown again or logged.
+A subscription belongs to the API key that created it (keys with `admin` see all), which may
+own `MYOTRIAGE_CALLBACK_MAX_SUBSCRIPTIONS` active ones. The signing secret is returned once, at
+creation, when we generate it; it is never shown again or logged. A callback URL must reach a
+public address over https unless the operator allowlists it (shared/callback_destinations.py);
+that is checked here and again before every delivery.
 """
 
 from __future__ import annotations
@@ -13,9 +16,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import structlog
-from flask import g, url_for
+from flask import current_app, g, url_for
 from flask.views import MethodView
-from flask_smorest import Blueprint
 from marshmallow import Schema, ValidationError, fields, validate, validates
 
 from services.rules.callbacks import (
@@ -24,9 +26,11 @@ from services.rules.callbacks import (
     deliveries_of,
     disable_subscription,
     replay_delivery,
+    reserve_subscription_slot,
     subscriptions_of,
 )
 from shared.auth import require_scope
+from shared.callback_destinations import DestinationPolicy, DestinationRefused
 from shared.cds_models import (
     DELIVERY_DEAD,
     DELIVERY_STATUSES,
@@ -36,11 +40,11 @@ from shared.cds_models import (
 )
 from shared.db import transaction
 from shared.problems import Problem
-from shared.web import sessions
+from shared.web import ApiBlueprint, sessions, settings_of
 
 log = structlog.get_logger("myotriage.subscriptions")
 
-blp = Blueprint(
+blp = ApiBlueprint(
     "subscriptions",
     __name__,
     url_prefix="/v1/subscriptions",
@@ -56,8 +60,10 @@ def new_secret() -> str:
     return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(32)).decode("ascii")
 
 
-def check_callback_url(url: str) -> None:
-    """http(s) with a host, no credentials, no fragment. Production should use https only."""
+def check_callback_url(url: str, destinations: DestinationPolicy | None = None) -> None:
+    """http(s) with a host, no credentials, no fragment; and, given the destination policy, a
+    public https address unless allowlisted (a host name is resolved now, and again before
+    every delivery)."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValidationError("Must be an absolute http:// or https:// URL.")
@@ -65,6 +71,16 @@ def check_callback_url(url: str) -> None:
         raise ValidationError("Must not carry credentials; the signature authenticates us.")
     if parts.fragment:
         raise ValidationError("Must not have a #fragment.")
+    if destinations is not None:
+        try:
+            destinations.check_subscription_url(url)
+        except DestinationRefused as exc:
+            raise ValidationError(exc.reason) from None
+
+
+def callback_destinations() -> DestinationPolicy:
+    """This app's destination policy (parsed from the settings when the app was built)."""
+    return current_app.extensions["myotriage.callback_destinations"]  # type: ignore[no-any-return]
 
 
 def check_secret(secret: str) -> None:
@@ -83,7 +99,10 @@ class SubscriptionIn(Schema):
     callback_url = fields.String(
         required=True,
         validate=validate.Length(max=2000),
-        metadata={"description": "Where to POST events. Use https in production."},
+        metadata={
+            "description": "Where to POST events: https, to a public address (http and "
+            "internal addresses only where the operator allowlists them)."
+        },
     )
     event_types = fields.List(
         fields.String(validate=validate.OneOf(EVENT_TYPES)),
@@ -103,7 +122,7 @@ class SubscriptionIn(Schema):
 
     @validates("callback_url")
     def _url(self, value: str, **_: Any) -> None:
-        check_callback_url(value)
+        check_callback_url(value, callback_destinations())
 
     @validates("secret")
     def _secret(self, value: str | None, **_: Any) -> None:
@@ -177,10 +196,20 @@ class Subscriptions(MethodView):
     @blp.arguments(SubscriptionIn)
     @blp.response(201, SubscriptionCreatedOut)
     @blp.alt_response(422, description="Invalid subscription: problem+json naming every field.")
+    @blp.alt_response(409, description="This key already has the most active subscriptions.")
     def post(self, body: dict[str, Any]) -> Any:
         """Subscribe an endpoint to result events. The generated secret is shown only here."""
         generated = body["secret"] is None
+        limit = settings_of().callback_max_subscriptions
         with transaction(sessions()) as session:
+            if not reserve_subscription_slot(session, g.caller.key_id, limit):
+                raise Problem(
+                    409,
+                    "Too many subscriptions",
+                    f"This API key already has {limit} active subscriptions, the most allowed. "
+                    "Disable one it no longer needs, or ask your MyoTriage administrator.",
+                    problem_type="subscription-limit",
+                )
             subscription = CallbackSubscription(
                 owner_key_id=g.caller.key_id,
                 callback_url=body["callback_url"],
