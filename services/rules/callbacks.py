@@ -163,8 +163,9 @@ def parse_retry_after(value: str | None, now: datetime) -> float | None:
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
-        return float(value)
+    if value.isascii() and value.isdigit():  # "²".isdigit() is true, float("²") is not
+        # A 400-digit delay is just "a long time": no conversion of huge numbers.
+        return float(value) if len(value) <= 12 else MAX_RETRY_AFTER_SECONDS
     try:
         moment = parsedate_to_datetime(value)
     except (TypeError, ValueError):

@@ -726,6 +726,8 @@ def test_retry_after_as_seconds_or_an_http_date() -> None:
     http_date = in_a_minute.strftime("%a, %d %b %Y %H:%M:%S GMT")
     assert parse_retry_after(http_date, now) == pytest.approx(60, abs=1.5)
     assert parse_retry_after("soon", now) is None
+    assert parse_retry_after("²", now) is None  # a digit to str.isdigit, not to float()
+    assert parse_retry_after("9" * 400, now) == 24 * 3600.0
 
 
 # ---- Through real processes -------------------------------------------------------------------

@@ -207,7 +207,7 @@ def _derived(
     sequence: list[tuple[str, Compiled]] = []
     for name, condition in data.items():
         where = f"derived fact {name}"
-        if not isinstance(name, str) or not _DERIVED_NAME.match(name):
+        if not isinstance(name, str) or not _DERIVED_NAME.fullmatch(name):
             raise RuleSetError(f"{where}: names are lower_snake_case")
         if name in builder.compiler.catalogue:
             raise RuleSetError(f"{where}: already a fact of the report")
@@ -228,11 +228,11 @@ def _rule(
     missing = [name for name in _RULE_REQUIRED if name not in data]
     if missing:
         raise RuleSetError(f"{where}: missing field(s) {', '.join(missing)}")
-    if not isinstance(rule_id, str) or not _RULE_ID.match(rule_id):
+    if not isinstance(rule_id, str) or not _RULE_ID.fullmatch(rule_id):
         raise RuleSetError(f"{where}: id must look like RF_NAME or TT_NAME")
     aliases = data.get("aliases", []) or []
     if not isinstance(aliases, list) or not all(
-        isinstance(a, str) and _RULE_ID.match(a) for a in aliases
+        isinstance(a, str) and _RULE_ID.fullmatch(a) for a in aliases
     ):
         raise RuleSetError(f"{where}: 'aliases' must be a list of rule ids")
     for name in [rule_id, *aliases]:
@@ -343,7 +343,7 @@ def _named(
         item_id = data.get("id") if isinstance(data, dict) else None
         where = f"{kind} {item_id}"
         data = _mapping(data, set(fields) | {"id", condition_key}, where)
-        if not isinstance(item_id, str) or not _NAMED_ID[kind].match(item_id) or item_id in seen:
+        if not isinstance(item_id, str) or not _NAMED_ID[kind].fullmatch(item_id) or item_id in seen:
             raise RuleSetError(f"{where}: missing, malformed or duplicate id")
         seen.add(item_id)
         for name, required in fields.items():
@@ -432,7 +432,7 @@ def load_ruleset(directory: str | Path | None = None) -> RuleSet:
 
     main = _mapping(_read_yaml(root / "ruleset.yaml"), _RULESET_KEYS, "file ruleset.yaml")
     version = main.get("version")
-    if not isinstance(version, str) or not _VERSION.match(version):
+    if not isinstance(version, str) or not _VERSION.fullmatch(version):
         raise RuleSetError("file ruleset.yaml: version must look like 2026.11.1")
     logged = _changelog_version(root)
     if logged != version:
