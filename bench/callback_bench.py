@@ -32,19 +32,21 @@ import requests  # noqa: E402
 from sqlalchemy import func, select  # noqa: E402
 
 from bench.stack import BenchStack  # noqa: E402
-from services.local_stack import LOOPBACK_CALLBACK_NETWORKS, worker_command  # noqa: E402
+from services.callbacks.delivery import signed_headers  # noqa: E402
+from services.local_stack import LOOPBACK_CALLBACK_NETWORKS, callbacks_worker_command  # noqa: E402
 from services.reporting.api.subscriptions import new_secret  # noqa: E402
-from services.rules.callbacks import (  # noqa: E402
-    enqueue_result_callbacks,
-    payload_body,
-    signed_headers,
-)
 from services.rules.engine import load_ruleset  # noqa: E402
-from shared.cds_models import CallbackDelivery, CallbackSubscription  # noqa: E402
-from shared.celery_app import CALLBACKS_QUEUE  # noqa: E402
+from shared.callbacks import enqueue_result_callbacks, payload_body  # noqa: E402
 from shared.config import Settings  # noqa: E402
 from shared.db import transaction  # noqa: E402
-from shared.models import Assessment, TriageResult, new_id, utcnow  # noqa: E402
+from shared.models import (  # noqa: E402  # noqa: E402
+    Assessment,
+    CallbackDelivery,
+    CallbackSubscription,
+    TriageResult,
+    new_id,
+    utcnow,
+)
 from shared.repository import urgency_of  # noqa: E402
 from tests.factories import report  # noqa: E402
 from tests.support import ServiceProcess, wait_until  # noqa: E402
@@ -90,15 +92,16 @@ def start_callback_worker(stack: BenchStack, concurrency: int, pool: str) -> Ser
     )
     proc = ServiceProcess(
         "callback-worker",
-        worker_command(
-            concurrency,
-            f"callbacks-bench-{len(stack.procs)}@%h",
-            "-P",
+        [
+            *callbacks_worker_command(
+                concurrency,
+                f"callbacks-bench-{len(stack.procs)}@%h",
+                "--without-gossip",
+                "--without-mingle",
+            ),
+            "-P",  # a later -P wins: the bench compares pools
             pool,
-            "--without-gossip",
-            "--without-mingle",
-            queues=(CALLBACKS_QUEUE,),
-        ),
+        ],
         env,
         stack.workdir / "logs",
     ).start()

@@ -27,7 +27,7 @@ from urllib.request import urlopen
 from sqlalchemy import select
 
 from shared.auth import SCOPES, create_api_key, hash_key
-from shared.celery_app import ALL_QUEUES
+from shared.celery_app import CALLBACKS_QUEUE, RULES_QUEUES
 from shared.config import RUN_DIR, Settings
 from shared.db import make_engine, make_session_factory, transaction
 from shared.migrate import upgrade_database
@@ -42,14 +42,24 @@ RESTARTS_PER_MINUTE: Final = 5
 
 
 def worker_command(
-    concurrency: int, node_name: str, *extra: str, queues: tuple[str, ...] = ALL_QUEUES
+    concurrency: int, node_name: str, *extra: str, queues: tuple[str, ...] = RULES_QUEUES
 ) -> list[str]:
-    """The rules worker (on every queue unless told), as the local run, tests and benches
-    start it."""
+    """The rules worker (scoring and batch queues unless told), as the local run, tests and
+    benches start it."""
     return [
         sys.executable, "-m", "celery", "-A", "services.rules.worker", "worker",
         "-Q", ",".join(queues), "-c", str(concurrency), "--loglevel", "WARNING",
         "-n", node_name, *extra,
+    ]  # fmt: skip
+
+
+def callbacks_worker_command(concurrency: int, node_name: str, *extra: str) -> list[str]:
+    """The callbacks worker: its own Celery app and queue, threads (deliveries wait on the
+    network, not the CPU), so a slow EHR endpoint never holds up scoring."""
+    return [
+        sys.executable, "-m", "celery", "-A", "services.callbacks.worker", "worker",
+        "-Q", CALLBACKS_QUEUE, "-P", "threads", "-c", str(concurrency),
+        "--loglevel", "WARNING", "-n", node_name, *extra,
     ]  # fmt: skip
 
 
@@ -260,6 +270,7 @@ class LocalStack:
                 "services.reporting.wsgi:app",
             ],
             "worker": worker_command(self.workers, "rules@%h"),
+            "callbacks": callbacks_worker_command(8, "callbacks@%h"),
             "relay": [python, "-m", "services.rules.relay"],
         }
         for name, command in commands.items():

@@ -4,7 +4,7 @@ A callback URL is chosen by whoever holds a `callbacks:manage` key, and the deli
 each attempt's status and timing; without a policy it would be a port scanner for our own
 network (127.0.0.1, 169.254.169.254, the compose hosts `redis` and `postgres`, private ranges).
 So the host is resolved once, every address it resolves to is checked, and the request then
-connects to the checked address (`services/rules/callback_http.py`): no second lookup between
+connects to the checked address (`services/callbacks/http.py`): no second lookup between
 check and connect that DNS rebinding could change.
 
 Refused: loopback, private (RFC 1918, carrier-grade NAT), link-local (cloud metadata),

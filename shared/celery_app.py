@@ -9,8 +9,15 @@
 
 from __future__ import annotations
 
-from celery import Celery
+import time
+from collections.abc import Callable
+from functools import wraps
+from typing import Any
+
+import structlog
+from celery import Celery, Task
 from kombu import Exchange, Queue
+from prometheus_client import Counter, Histogram
 
 from shared.config import Settings
 
@@ -20,6 +27,8 @@ BATCH_QUEUE = "batch"
 # Outbound EHR callbacks: a slow EHR endpoint must never hold up scoring.
 CALLBACKS_QUEUE = "callbacks"
 ALL_QUEUES = (SCORING_QUEUE, BATCH_QUEUE, CALLBACKS_QUEUE)
+# The rules worker consumes these; the callbacks worker (services.callbacks.worker) the other.
+RULES_QUEUES = (SCORING_QUEUE, BATCH_QUEUE)
 SCORE_TASK = "rules.score_assessment"
 
 
@@ -64,3 +73,37 @@ def create_celery(settings: Settings | None = None, name: str = "myotriage") -> 
     )
     app.settings = settings  # type: ignore[attr-defined]
     return app
+
+
+TASKS = Counter("myotriage_tasks_total", "Tasks run", ["task", "outcome"])
+TASK_SECONDS = Histogram(
+    "myotriage_task_seconds",
+    "Task run time",
+    ["task"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5),
+)
+
+
+def house_task(app: Celery, name: str, **options: Any) -> Callable[[Callable[..., Any]], Task]:
+    """Register `func` as task `name` with log context and metrics."""
+
+    def decorate(func: Callable[..., Any]) -> Task:
+        @wraps(func)
+        def run(self: Task, *args: Any, **kwargs: Any) -> Any:
+            structlog.contextvars.clear_contextvars()
+            structlog.contextvars.bind_contextvars(task=name, task_id=self.request.id)
+            started = time.perf_counter()
+            outcome = "error"
+            try:
+                value = func(self, *args, **kwargs)
+                outcome = "ok"
+                return value
+            finally:
+                TASKS.labels(name, outcome).inc()
+                TASK_SECONDS.labels(name).observe(time.perf_counter() - started)
+
+        # shared=False: a task belongs to the app that declares it, not to every app the
+        # process creates (the rules and callbacks workers are separate apps).
+        return app.task(name=name, bind=True, shared=False, **options)(run)  # type: ignore[no-any-return]
+
+    return decorate

@@ -26,6 +26,7 @@ from shared.models import Base
 from tests.support import (
     RedisServer,
     ServiceProcess,
+    callbacks_worker_process,
     relay_process,
     service_env,
     wait_until,
@@ -113,10 +114,12 @@ def sessions(settings: Settings) -> Any:
 
 @pytest.fixture(scope="session")
 def pipeline(settings: Settings, run_dir: Path) -> Iterator[dict[str, ServiceProcess]]:
-    """A real Celery worker and outbox relay against the test database and Redis."""
+    """A real rules worker, callbacks worker and outbox relay against the test database and
+    Redis."""
     env = service_env(settings.database_url, settings.redis_url)
     procs = {
         "worker": worker_process(env, run_dir / "logs").start(),
+        "callbacks": callbacks_worker_process(env, run_dir / "logs").start(),
         "relay": relay_process(env, run_dir / "logs").start(),
     }
     yield procs

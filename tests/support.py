@@ -18,6 +18,7 @@ from sqlalchemy.engine import make_url
 
 from services.local_stack import (
     LOOPBACK_CALLBACK_NETWORKS,
+    callbacks_worker_command,
     find_redis_server,
     free_port,
     worker_command,
@@ -146,6 +147,14 @@ def worker_process(
 ) -> ServiceProcess:
     node = f"{name}-{os.getpid()}@%h"
     command = worker_command(concurrency, node, "--without-gossip", "--without-mingle")
+    return ServiceProcess(name, command, env, log_dir)
+
+
+def callbacks_worker_process(
+    env: dict[str, str], log_dir: Path, name: str = "callbacks", concurrency: int = 4
+) -> ServiceProcess:
+    node = f"{name}-{os.getpid()}@%h"
+    command = callbacks_worker_command(concurrency, node, "--without-gossip", "--without-mingle")
     return ServiceProcess(name, command, env, log_dir)
 
 

@@ -18,8 +18,7 @@ from sqlalchemy.orm import Session, selectinload
 
 from shared.auth import SCOPES
 from shared.group_commit import Row
-from shared.integration_models import FhirQuestionnaireResponse, Integration, IntegrationSecret
-from shared.models import utcnow
+from shared.models import FhirQuestionnaireResponse, Integration, IntegrationSecret, utcnow
 
 SECRET_PREFIX = "whsec_"
 # Standard Webhooks recommends 24 to 64 random bytes.

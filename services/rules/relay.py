@@ -20,8 +20,8 @@ from celery import Celery
 from prometheus_client import Counter, Gauge
 from sqlalchemy.orm import Session, sessionmaker
 
-from services.rules.callbacks import queue_due_deliveries
 from shared import repository
+from shared.callbacks import queue_due_deliveries
 from shared.celery_app import create_celery
 from shared.config import Settings
 from shared.db import make_engine, make_session_factory, transaction

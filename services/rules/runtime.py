@@ -1,4 +1,5 @@
-"""Per-process resources of the worker: the DB engine, the rule set, the Redis publisher.
+"""Per-process resources of the rules worker: the settings and database sessions
+(shared/worker_runtime.py), the rule set and the Redis publisher.
 
 Created lazily in each worker process (after the prefork), never shared across a fork.
 """
@@ -6,34 +7,21 @@ Created lazily in each worker process (after the prefork), never shared across a
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
 import redis
 import structlog
-from sqlalchemy.orm import Session, sessionmaker
 
 from services.rules.engine import RuleSet, load_ruleset
-from shared.config import Settings
-from shared.db import make_engine, make_session_factory
+from shared import worker_runtime
+from shared.worker_runtime import sessions, settings
+
+__all__ = ["after_fork", "publish_event", "ruleset", "sessions", "settings"]
 
 EVENTS_CHANNEL = "myotriage:events"
 log = structlog.get_logger("myotriage.rules")
 
 _state: dict[str, Any] = {}
-
-
-def settings() -> Settings:
-    if "settings" not in _state:
-        _state["settings"] = Settings.from_env()
-    return _state["settings"]  # type: ignore[no-any-return]
-
-
-def sessions() -> sessionmaker[Session]:
-    if _state.get("pid") != os.getpid() or "sessions" not in _state:
-        _state["pid"] = os.getpid()
-        _state["sessions"] = make_session_factory(make_engine(settings().database_url))
-    return _state["sessions"]  # type: ignore[no-any-return]
 
 
 def ruleset() -> RuleSet:
@@ -56,6 +44,5 @@ def publish_event(event_type: str, data: dict[str, Any]) -> None:
 
 def after_fork() -> None:
     """Drop connections inherited from the parent; keep the (immutable) loaded rule set."""
-    kept: dict[str, Any] = {key: _state[key] for key in ("settings", "ruleset") if key in _state}
-    _state.clear()
-    _state.update(kept)
+    worker_runtime.after_fork()
+    _state.pop("redis", None)

@@ -13,9 +13,9 @@ import structlog
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from services.rules.callbacks import enqueue_result_callbacks
 from services.rules.engine import RuleSet
 from shared import repository
+from shared.callbacks import enqueue_result_callbacks
 from shared.celery_app import SCORE_TASK
 from shared.db import transaction
 from shared.models import Assessment, TriageResult, new_id, utcnow

@@ -13,9 +13,7 @@ import structlog
 from celery.signals import worker_init, worker_process_init
 
 from services.rules import runtime
-from services.rules.callbacks import register_callback_tasks
 from services.rules.tasks import register_tasks
-from shared.callback_destinations import DestinationPolicy
 from shared.celery_app import create_celery
 from shared.observability import configure_logging
 
@@ -24,15 +22,12 @@ log = structlog.get_logger("myotriage.rules")
 
 celery_app = create_celery(runtime.settings(), name="myotriage-rules")
 register_tasks(celery_app)
-register_callback_tasks(celery_app)
 app = celery_app  # `celery -A services.rules.worker` finds `app`
 
 
 @worker_init.connect
 def _load_rules(**_: Any) -> None:
     ruleset = runtime.ruleset()  # raises RuleSetError naming the rule: the worker stops
-    # A bad MYOTRIAGE_CALLBACK_ALLOWED_NETWORKS stops it too, rather than fail every delivery.
-    DestinationPolicy.from_settings(runtime.settings())
     log.info("worker.ruleset_loaded", ruleset_version=ruleset.version)
     port = os.environ.get("MYOTRIAGE_WORKER_METRICS_PORT")
     if port:

@@ -25,13 +25,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from services.local_stack import LOOPBACK_CALLBACK_NETWORKS
-from services.rules.callback_http import (
+from services.callbacks.http import (
     DeadlineExceeded,
     DestinationNotAllowed,
     callback_session,
     post_callback,
 )
+from services.local_stack import LOOPBACK_CALLBACK_NETWORKS
 from shared.callback_destinations import DestinationPolicy, IPAddress
 
 

@@ -29,29 +29,26 @@ from fhir.resources.R4B.bundle import Bundle
 from sqlalchemy import select, update
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from services.local_stack import LOOPBACK_CALLBACK_NETWORKS, free_port, worker_command
+from services.callbacks.delivery import RetryPolicy, deliver, parse_retry_after, parse_schedule
+from services.local_stack import LOOPBACK_CALLBACK_NETWORKS, callbacks_worker_command, free_port
 from services.reporting.api.subscriptions import new_secret
 from services.reporting.app import create_app as create_reporting
-from services.rules.callbacks import (
-    CALLBACK_TASK,
-    EVENT_EMERGENCY,
-    EVENT_SCORED,
-    RetryPolicy,
-    deliver,
-    parse_retry_after,
-    parse_schedule,
-    queue_due_deliveries,
-)
 from services.rules.engine import load_ruleset
 from services.rules.scoring import score_assessment
 from shared.auth import create_api_key
 from shared.callback_destinations import DestinationPolicy, IPAddress
-from shared.cds_models import CallbackAttempt, CallbackDelivery, CallbackSubscription
-from shared.celery_app import CALLBACKS_QUEUE
+from shared.callbacks import CALLBACK_TASK, EVENT_EMERGENCY, EVENT_SCORED, queue_due_deliveries
 from shared.config import Settings
 from shared.db import make_engine, make_session_factory, transaction
 from shared.migrate import upgrade_database
-from shared.models import Assessment, OutboxMessage, utcnow
+from shared.models import (
+    Assessment,
+    CallbackAttempt,
+    CallbackDelivery,
+    CallbackSubscription,
+    OutboxMessage,
+    utcnow,
+)
 from tests.factories import DOMS, STROKE, report
 from tests.support import (
     RedisServer,
@@ -792,14 +789,8 @@ def callback_stack(
     )
     worker = ServiceProcess(
         "callback-worker",
-        worker_command(
-            4,
-            f"callbacks-{os.getpid()}@%h",
-            "-P",
-            "threads",
-            "--without-gossip",
-            "--without-mingle",
-            queues=(CALLBACKS_QUEUE,),
+        callbacks_worker_command(
+            4, f"callbacks-{os.getpid()}@%h", "--without-gossip", "--without-mingle"
         ),
         env,
         workdir / "logs",

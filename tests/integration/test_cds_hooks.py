@@ -24,10 +24,9 @@ from services.reporting.app import create_app as create_reporting
 from services.reporting.cds_cards import PATIENT_VIEW_SERVICE_ID
 from services.rules.engine import load_ruleset
 from services.rules.scoring import score_assessment
-from shared.cds_models import CdsFeedback
 from shared.config import Settings
 from shared.db import transaction
-from shared.models import Assessment, AuditEvent, utcnow
+from shared.models import Assessment, AuditEvent, CdsFeedback, utcnow
 from tests.factories import DOMS, STROKE, report
 
 BASE = "http://reporting.test"  # the reporting_base_url of the test settings

@@ -23,10 +23,15 @@ from standardwebhooks.webhooks import Webhook
 from services.intake.fhir_questionnaire import CODE_SYSTEM_BASE, QUESTIONNAIRE_URL
 from services.reporting.app import create_app as create_reporting
 from services.reporting.cds_cards import PATIENT_VIEW_SERVICE_ID
-from shared.cds_models import CallbackSubscription, CdsFeedback
 from shared.config import Settings
-from shared.integration_models import FhirQuestionnaireResponse
-from shared.models import Assessment, IdempotencyRecord, OutboxMessage
+from shared.models import (
+    Assessment,
+    CallbackSubscription,
+    CdsFeedback,
+    FhirQuestionnaireResponse,
+    IdempotencyRecord,
+    OutboxMessage,
+)
 from tests.factories import report
 
 PROBLEM = "application/problem+json"

@@ -20,8 +20,7 @@ from sqlalchemy import func, select
 from standardwebhooks.webhooks import Webhook
 
 from services.intake.fhir_questionnaire import CODE_SYSTEM_BASE, QUESTIONNAIRE_URL
-from shared.integration_models import FhirQuestionnaireResponse
-from shared.models import Assessment, IdempotencyRecord, OutboxMessage
+from shared.models import Assessment, FhirQuestionnaireResponse, IdempotencyRecord, OutboxMessage
 from tests.factories import report
 
 PROBLEM = "application/problem+json"

@@ -64,9 +64,13 @@ def test_worker_command_points_at_the_celery_app() -> None:
     assert "rules.score_assessment" in module.app.tasks
     queues = set(command[command.index("-Q") + 1].split(","))
     # Callbacks have their own worker, so a slow EHR endpoint never delays scoring.
+    # Its own Celery app, which never loads the rule set.
     callback_command = services["callback-worker"]["command"]
-    assert callback_command[:3] == command[:3]
-    assert "callbacks.deliver" in module.app.tasks
+    assert callback_command[:3] == ["celery", "-A", "services.callbacks.worker"]
+    callbacks_app = importlib.import_module(callback_command[2]).app
+    assert "callbacks.deliver" in callbacks_app.tasks
+    assert "callbacks.deliver" not in module.app.tasks
+    assert "rules.score_assessment" not in callbacks_app.tasks
     callback_queues = set(callback_command[callback_command.index("-Q") + 1].split(","))
     assert callback_queues == {"callbacks"}
     assert queues | callback_queues == {q.name for q in module.app.conf.task_queues}

@@ -10,7 +10,7 @@ from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.detectedissue import DetectedIssue
 from fhir.resources.R4B.riskassessment import RiskAssessment
 
-from services.reporting.fhir_results import (
+from shared.fhir_results import (
     RISK_PROBABILITY_SYSTEM,
     ScoredAssessment,
     detected_issues,

@@ -27,9 +27,8 @@ from services.reporting.cds_cards import (
     patient_view_card,
 )
 from shared import repository
-from shared.cds_models import CdsFeedback
 from shared.db import transaction
-from shared.models import Assessment, TriageResult, utcnow
+from shared.models import Assessment, CdsFeedback, TriageResult, utcnow
 from shared.problems import Problem
 from shared.request_input import json_body
 from shared.web import sessions, settings_of

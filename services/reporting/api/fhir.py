@@ -21,7 +21,9 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 from werkzeug.exceptions import HTTPException
 
-from services.reporting.fhir_results import (
+from shared import repository
+from shared.auth import require_scope
+from shared.fhir_results import (
     FHIR_MEDIA_TYPE,
     ScoredAssessment,
     detected_issue,
@@ -31,8 +33,6 @@ from services.reporting.fhir_results import (
     risk_assessment,
     searchset,
 )
-from shared import repository
-from shared.auth import require_scope
 from shared.models import Assessment, TriageResult
 from shared.problems import Problem
 from shared.web import sessions, settings_of

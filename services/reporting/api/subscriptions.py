@@ -20,7 +20,9 @@ from flask import current_app, g, url_for
 from flask.views import MethodView
 from marshmallow import Schema, ValidationError, fields, validate, validates
 
-from services.rules.callbacks import (
+from shared.auth import require_scope
+from shared.callback_destinations import DestinationPolicy, DestinationRefused
+from shared.callbacks import (
     EVENT_SCORED,
     EVENT_TYPES,
     deliveries_of,
@@ -29,16 +31,14 @@ from services.rules.callbacks import (
     reserve_subscription_slot,
     subscriptions_of,
 )
-from shared.auth import require_scope
-from shared.callback_destinations import DestinationPolicy, DestinationRefused
-from shared.cds_models import (
+from shared.db import transaction
+from shared.models import (
     DELIVERY_DEAD,
     DELIVERY_STATUSES,
     CallbackAttempt,
     CallbackDelivery,
     CallbackSubscription,
 )
-from shared.db import transaction
 from shared.problems import Problem
 from shared.web import ApiBlueprint, sessions, settings_of
 

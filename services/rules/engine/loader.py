@@ -343,7 +343,11 @@ def _named(
         item_id = data.get("id") if isinstance(data, dict) else None
         where = f"{kind} {item_id}"
         data = _mapping(data, set(fields) | {"id", condition_key}, where)
-        if not isinstance(item_id, str) or not _NAMED_ID[kind].fullmatch(item_id) or item_id in seen:
+        if (
+            not isinstance(item_id, str)
+            or not _NAMED_ID[kind].fullmatch(item_id)
+            or item_id in seen
+        ):
             raise RuleSetError(f"{where}: missing, malformed or duplicate id")
         seen.add(item_id)
         for name, required in fields.items():

@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import ForeignKey, String
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from shared.models import Base, UtcDateTime, new_id, utcnow
+from shared.models.base import Base, UtcDateTime, new_id, utcnow
 
 
 class Integration(Base):

@@ -1,17 +1,19 @@
-"""Outbound result callbacks: signed webhooks to subscribed EHR endpoints (Standard Webhooks).
+"""Delivering result callbacks: signed webhooks to subscribed EHR endpoints (Standard Webhooks).
 
 How a result reaches an EHR:
 
-1. `enqueue_result_callbacks` runs inside the scoring transaction: for each active subscription
-   whose event types match, it writes a `callback_deliveries` row (`pending`) and an outbox row
-   (task `callbacks.deliver`, queue `callbacks`). Scoring never waits on an EHR.
-2. The outbox relay publishes the task (task id = outbox id) to the `callbacks` queue, which a
-   separate worker consumes, so a slow EHR never holds up scoring.
+1. `enqueue_result_callbacks` (shared/callbacks.py) runs inside the scoring transaction: for
+   each active subscription of the assessment's tenant whose event types match, it writes a
+   `callback_deliveries` row (`pending`) and an outbox row (task `callbacks.deliver`, queue
+   `callbacks`). Scoring never waits on an EHR.
+2. The outbox relay publishes the task (task id = outbox id) to the `callbacks` queue, which the
+   callbacks worker (`services.callbacks.worker`, its own Celery app) consumes, so a slow EHR
+   never holds up scoring.
 3. `deliver` claims the row (`delivering`, with a lease) unless its subscription already has
    `max_in_flight` attempts running (then the row waits as `failed_retrying` for a second or
    two, attempt count untouched). It POSTs the signed payload to the address the destination
-   policy checked (`callback_http.py`: public https only, unless allowlisted), within a total
-   deadline, logs the attempt and moves the row on: `delivered`; `failed_retrying` with
+   policy checked (`http.py`: public https only, unless allowlisted), within a total deadline,
+   logs the attempt and moves the row on: `delivered`; `failed_retrying` with
    `next_attempt_at` from the retry schedule (with jitter, never before `Retry-After`); `dead`
    after the last attempt or on a non-retryable answer; `disabled` on `410 Gone`, which also
    disables the subscription. It then marks its own outbox row completed.
@@ -22,57 +24,51 @@ How a result reaches an EHR:
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
-from typing import Any, cast
+from typing import cast
 
 import requests
 import structlog
-from celery import Celery, Task
 from prometheus_client import Counter, Histogram
 from sqlalchemy import Table, and_, bindparam, func, insert, or_, select, update
-from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from standardwebhooks.webhooks import Webhook
 
-from services.rules.callback_http import (
+from services.callbacks.http import (
     DeadlineExceeded,
     DestinationNotAllowed,
     callback_session,
     post_callback,
 )
+from shared import worker_runtime
 from shared.callback_destinations import DestinationPolicy
-from shared.cds_models import (
+from shared.callbacks import disable_subscription, payload_body
+from shared.config import Settings
+from shared.db import transaction
+from shared.models import (
     DELIVERY_DEAD,
     DELIVERY_DELIVERED,
     DELIVERY_DELIVERING,
     DELIVERY_DISABLED,
     DELIVERY_PENDING,
     DELIVERY_RETRYING,
-    FINAL_DELIVERY_STATUSES,
     CallbackAttempt,
     CallbackDelivery,
     CallbackSubscription,
+    OutboxMessage,
+    new_id,
+    utcnow,
 )
-from shared.celery_app import CALLBACKS_QUEUE
-from shared.config import Settings
-from shared.db import transaction
-from shared.models import Assessment, OutboxMessage, TriageResult, new_id, utcnow
 
 log = structlog.get_logger("myotriage.callbacks")
 
-CALLBACK_TASK = "callbacks.deliver"
-EVENT_SCORED = "assessment.scored"
-EVENT_EMERGENCY = "assessment.emergency"
-EVENT_TYPES = (EVENT_SCORED, EVENT_EMERGENCY)
-EMERGENCY_LEVELS = frozenset({"emergency_ambulance", "emergency"})
 # Answers worth trying again; 410 disables; any other non-2xx is dead-lettered at once (the
 # same signed request will not start to succeed: the integrator fixes it and replays).
 RETRYABLE_STATUS = frozenset({408, 425, 429})
@@ -175,47 +171,7 @@ def parse_retry_after(value: str | None, now: datetime) -> float | None:
     return max(0.0, (moment - now).total_seconds())
 
 
-# ---- Payloads and signatures ------------------------------------------------------------------
-
-
-def callback_payload(
-    event_type: str,
-    assessment: Assessment,
-    result: TriageResult,
-    settings: Settings,
-    *,
-    include_fhir: bool = False,
-    amended: bool = False,
-) -> dict[str, Any]:
-    """The thin event body: ids, level, codes and links. No free text, no patient data but ids."""
-    intake, reporting = settings.intake_base_url, settings.reporting_base_url
-    data: dict[str, Any] = {
-        "assessment_id": assessment.id,
-        "result_id": result.id,
-        "triage": result.triage_level,
-        "priority": result.priority,
-        "ruleset_version": result.ruleset_version,
-        "red_flags": [flag["id"] for flag in result.result.get("red_flags", [])],
-        "links": {
-            "assessment": f"{intake}/v1/assessments/{assessment.id}",
-            "report": f"{reporting}/v1/reports/assessments/{assessment.id}",
-            "risk_assessment": f"{reporting}/fhir/RiskAssessment/{assessment.id}",
-            "detected_issues": f"{reporting}/fhir/DetectedIssue?assessment={assessment.id}",
-        },
-    }
-    if include_fhir:
-        # Imported here: the FHIR models are heavy and most subscribers do not ask for them.
-        from services.reporting.fhir_results import ScoredAssessment, result_bundle
-
-        data["fhir"] = result_bundle(
-            ScoredAssessment.from_rows(assessment, result, amended=amended), reporting
-        )
-    return {"type": event_type, "timestamp": _iso(result.created_at), "data": data}
-
-
-def payload_body(payload: dict[str, Any]) -> str:
-    """The exact text sent and signed (compact JSON)."""
-    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
+# ---- Signatures -------------------------------------------------------------------------------
 
 
 def signed_headers(secret: str, delivery_id: str, body: str, at: datetime) -> dict[str, str]:
@@ -227,120 +183,6 @@ def signed_headers(secret: str, delivery_id: str, body: str, at: datetime) -> di
         "Content-Type": "application/json",
         "User-Agent": USER_AGENT,
     }
-
-
-# ---- Writing deliveries -----------------------------------------------------------------------
-
-
-def events_for(level: str) -> list[str]:
-    """The event types a result at `level` raises."""
-    return [EVENT_SCORED, EVENT_EMERGENCY] if level in EMERGENCY_LEVELS else [EVENT_SCORED]
-
-
-def enqueue_result_callbacks(
-    session: Session,
-    assessment: Assessment,
-    result: TriageResult,
-    settings: Settings | None = None,
-) -> int:
-    """In the caller's transaction, queue one delivery per matching subscription and event.
-
-    Returns how many deliveries were queued. Costs one query when nobody subscribes.
-    """
-    subscriptions = list(
-        session.scalars(
-            select(CallbackSubscription).where(CallbackSubscription.disabled_at.is_(None))
-        )
-    )
-    if not subscriptions:
-        return 0
-    settings = settings or _default_settings()
-    session.flush()  # the result's id and created_at go into the payload
-    events = events_for(result.triage_level)
-    amended: bool | None = None
-    queued = 0
-    for subscription in subscriptions:
-        for event_type in events:
-            if event_type not in subscription.event_types:
-                continue
-            if subscription.include_fhir and amended is None:
-                amended = _has_earlier_result(session, assessment.id, result.id)
-            delivery = CallbackDelivery(
-                id=new_id(),
-                subscription_id=subscription.id,
-                assessment_id=assessment.id,
-                result_id=result.id,
-                event_type=event_type,
-                payload=callback_payload(
-                    event_type,
-                    assessment,
-                    result,
-                    settings,
-                    include_fhir=subscription.include_fhir,
-                    amended=bool(amended),
-                ),
-                attempts=0,
-            )
-            session.add(delivery)
-            queue_delivery(session, delivery, utcnow())
-            queued += 1
-    return queued
-
-
-def queue_delivery(session: Session, delivery: CallbackDelivery, now: datetime) -> None:
-    """Make `delivery` pending with an outbox row, so the relay sends a worker to it."""
-    delivery.status = DELIVERY_PENDING
-    delivery.next_attempt_at = now
-    session.add(
-        OutboxMessage(
-            task_name=CALLBACK_TASK,
-            queue=CALLBACKS_QUEUE,
-            assessment_id=delivery.assessment_id,
-            args=[delivery.id],
-        )
-    )
-
-
-def queue_due_deliveries(session: Session, now: datetime, limit: int) -> int:
-    """Queue `failed_retrying` deliveries whose time has come (the relay calls this each second)."""
-    query = (
-        select(CallbackDelivery)
-        .where(
-            CallbackDelivery.status == DELIVERY_RETRYING,
-            CallbackDelivery.next_attempt_at <= now,
-        )
-        .order_by(CallbackDelivery.next_attempt_at)
-        .limit(limit)
-    )
-    if session.get_bind().dialect.name == "postgresql":
-        query = query.with_for_update(skip_locked=True)
-    due = list(session.scalars(query))
-    for delivery in due:
-        queue_delivery(session, delivery, now)
-    return len(due)
-
-
-def replay_delivery(session: Session, delivery: CallbackDelivery) -> None:
-    """Send a dead-lettered delivery again, now, with a fresh attempt budget."""
-    delivery.attempts = 0
-    delivery.last_error = None
-    queue_delivery(session, delivery, utcnow())
-
-
-def disable_subscription(session: Session, subscription: CallbackSubscription, reason: str) -> int:
-    """Stop a subscription; its deliveries not yet sent become `disabled`. Returns how many."""
-    if subscription.disabled_at is None:
-        subscription.disabled_at = utcnow()
-        subscription.disabled_reason = reason[:200]
-    result = session.execute(
-        update(CallbackDelivery)
-        .where(
-            CallbackDelivery.subscription_id == subscription.id,
-            CallbackDelivery.status.in_((DELIVERY_PENDING, DELIVERY_RETRYING)),
-        )
-        .values(status=DELIVERY_DISABLED, next_attempt_at=None)
-    )
-    return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
 
 # ---- Delivering -------------------------------------------------------------------------------
@@ -385,7 +227,7 @@ def deliver(
     if claim is None:
         return skipped
     started = utcnow()
-    destinations = destinations or _destinations_for(_default_settings())
+    destinations = destinations or destinations_for(worker_runtime.settings())
     response = _post(_http_session(destinations), claim, policy, started)
     return _record(sessions, claim, response, started, policy, message_id)
 
@@ -688,119 +530,15 @@ def _complete_message(session: Session, message_id: str | None) -> None:
     session.execute(_COMPLETE_MESSAGE, {"message_id": message_id, "done_at": utcnow()})
 
 
-# ---- Reads for the subscriptions API ----------------------------------------------------------
-
-
-def deliveries_of(
-    session: Session,
-    subscription_id: str,
-    *,
-    status: str | None,
-    limit: int,
-    offset: int,
-) -> list[tuple[CallbackDelivery, list[CallbackAttempt]]]:
-    """A subscription's deliveries, newest first, each with its attempts in order."""
-    query = (
-        select(CallbackDelivery)
-        .where(CallbackDelivery.subscription_id == subscription_id)
-        .order_by(CallbackDelivery.created_at.desc(), CallbackDelivery.id)
-        .limit(limit)
-        .offset(offset)
-    )
-    if status is not None:
-        query = query.where(CallbackDelivery.status == status)
-    deliveries = list(session.scalars(query))
-    attempts: dict[str, list[CallbackAttempt]] = {d.id: [] for d in deliveries}
-    if deliveries:
-        for attempt in session.scalars(
-            select(CallbackAttempt)
-            .where(CallbackAttempt.delivery_id.in_(list(attempts)))
-            .order_by(CallbackAttempt.attempt, CallbackAttempt.started_at)
-        ):
-            attempts[attempt.delivery_id].append(attempt)
-    return [(d, attempts[d.id]) for d in deliveries]
-
-
-def reserve_subscription_slot(session: Session, owner_key_id: str, limit: int) -> bool:
-    """Whether `owner_key_id` may add one more active subscription (it has fewer than `limit`).
-
-    Call it in the transaction that adds the subscription: on PostgreSQL it holds a lock per
-    owner until commit, so two concurrent creates cannot both take the last slot. Disabled
-    subscriptions do not count (there is no delete: disabling frees the slot). The owner is the
-    API key for now; when tenants arrive, this is the one place that counts per tenant.
-    """
-    if session.get_bind().dialect.name == "postgresql":
-        session.execute(
-            select(
-                func.pg_advisory_xact_lock(
-                    func.hashtext("myotriage.subscription_slots"), func.hashtext(owner_key_id)
-                )
-            )
-        )
-    active = session.scalar(
-        select(func.count())
-        .select_from(CallbackSubscription)
-        .where(
-            CallbackSubscription.owner_key_id == owner_key_id,
-            CallbackSubscription.disabled_at.is_(None),
-        )
-    )
-    return int(active or 0) < limit
-
-
-def subscriptions_of(session: Session, owner_key_id: str | None) -> Sequence[CallbackSubscription]:
-    """Subscriptions owned by `owner_key_id` (all of them when None), newest first."""
-    query = select(CallbackSubscription).order_by(CallbackSubscription.created_at.desc())
-    if owner_key_id is not None:
-        query = query.where(CallbackSubscription.owner_key_id == owner_key_id)
-    return list(session.scalars(query))
-
-
-def is_final(status: str) -> bool:
-    return status in FINAL_DELIVERY_STATUSES
-
-
-# ---- Celery -----------------------------------------------------------------------------------
-
-
-def register_callback_tasks(app: Celery) -> None:
-    """Declare the delivery task on the worker's Celery app."""
-    # Imported here: the relay and the reporting service import this module without the engine.
-    from services.rules import runtime
-    from services.rules.tasks import house_task
-
-    @house_task(
-        app,
-        CALLBACK_TASK,
-        # Only for the database being away, with short Celery back-off; HTTP retries are ours.
-        autoretry_for=(OperationalError,),
-        retry_backoff=2,
-        retry_backoff_max=60,
-        retry_jitter=True,
-        max_retries=None,
-    )
-    def deliver_callback(self: Task, delivery_id: str) -> None:
-        """Attempt one callback delivery by id (idempotent: a finished delivery is skipped)."""
-        settings = runtime.settings()
-        deliver(
-            runtime.sessions(),
-            delivery_id,
-            _policy_for(settings),
-            message_id=self.request.id,
-            destinations=_destinations_for(settings),
-        )
-
-
 # ---- Internals --------------------------------------------------------------------------------
 
 _local = threading.local()
-_settings: list[Settings] = []
 
 
 def _http_session(destinations: DestinationPolicy) -> requests.Session:
     """This thread's keep-alive pool for `destinations` (requests.Session is not thread-safe),
     none across a fork. It reads nothing from the environment: no .netrc, no proxies
-    (`callback_http.callback_session` says why)."""
+    (`http.callback_session` says why)."""
     pid = os.getpid()
     forked = getattr(_local, "pid", None) != pid
     if forked or getattr(_local, "destinations", None) is not destinations:
@@ -812,7 +550,7 @@ def _http_session(destinations: DestinationPolicy) -> requests.Session:
     return _local.session  # type: ignore[no-any-return]
 
 
-def _destinations_for(settings: Settings) -> DestinationPolicy:
+def destinations_for(settings: Settings) -> DestinationPolicy:
     """`DestinationPolicy.from_settings`, parsed once per settings object rather than per task."""
     cached = getattr(_local, "destination_policy", None)
     if cached is None or cached[0] is not settings:
@@ -820,7 +558,7 @@ def _destinations_for(settings: Settings) -> DestinationPolicy:
     return cached[1]  # type: ignore[no-any-return]
 
 
-def _policy_for(settings: Settings) -> RetryPolicy:
+def policy_for(settings: Settings) -> RetryPolicy:
     """`RetryPolicy.from_settings`, parsed once per settings object rather than per task."""
     cached = getattr(_local, "policy", None)
     if cached is None or cached[0] is not settings:
@@ -828,27 +566,5 @@ def _policy_for(settings: Settings) -> RetryPolicy:
     return cached[1]  # type: ignore[no-any-return]
 
 
-def _default_settings() -> Settings:
-    if not _settings:
-        _settings.append(Settings.from_env())
-    return _settings[0]
-
-
-def _has_earlier_result(session: Session, assessment_id: str, result_id: str) -> bool:
-    return (
-        session.scalar(
-            select(TriageResult.id)
-            .where(TriageResult.assessment_id == assessment_id, TriageResult.id != result_id)
-            .limit(1)
-        )
-        is not None
-    )
-
-
 def _ms_since(started: float) -> float:
     return (time.perf_counter() - started) * 1000
-
-
-def _iso(moment: datetime) -> str:
-    aware = moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
-    return aware.astimezone(UTC).isoformat().replace("+00:00", "Z")

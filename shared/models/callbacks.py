@@ -1,8 +1,8 @@
-"""Models for outbound result callbacks and the CDS Hooks service.
+"""Models for outbound result callbacks.
 
 A `CallbackSubscription` is an EHR endpoint that wants results; each result written makes one
 `CallbackDelivery` per matching subscription and event type, and every HTTP try of a delivery is
-a `CallbackAttempt` (the delivery log). `CdsFeedback` stores what clinicians did with our cards.
+a `CallbackAttempt` (the delivery log).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
-from shared.models import Base, UtcDateTime, new_id, utcnow
+from shared.models.base import Base, UtcDateTime, new_id, utcnow
 
 # Delivery states (docs/INTEGRATION-OUTBOUND.md has the diagram).
 DELIVERY_PENDING = "pending"  # queued for an attempt: an open outbox row will run it
@@ -118,26 +118,3 @@ class CallbackAttempt(Base):
     error: Mapped[str | None] = mapped_column(String(100), nullable=True)
     # What the attempt led to: delivered, retry, dead, disabled.
     outcome: Mapped[str] = mapped_column(String(20))
-
-
-class CdsFeedback(Base):
-    """What a clinician did with one of our CDS Hooks cards, stored once however often sent."""
-
-    __tablename__ = "cds_feedback"
-
-    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
-    service_id: Mapped[str] = mapped_column(String(64))
-    card_uuid: Mapped[str] = mapped_column(String(64), index=True)
-    outcome: Mapped[str] = mapped_column(String(16))  # accepted | overridden
-    accepted_suggestions: Mapped[list[str]] = mapped_column(JSON, default=list)
-    override_reason: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
-    outcome_timestamp: Mapped[datetime] = mapped_column(UtcDateTime())
-    # The EHR (JWT issuer) that sent it.
-    issuer: Mapped[str] = mapped_column(String(300))
-    received_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
-
-    __table_args__ = (
-        UniqueConstraint(
-            "service_id", "card_uuid", "outcome", "outcome_timestamp", name="uq_cds_feedback_once"
-        ),
-    )
