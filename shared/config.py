@@ -62,6 +62,10 @@ class Settings:
     api_key_cache_seconds: float = field(
         default=30.0, metadata={"env": "MYOTRIAGE_API_KEY_CACHE_SECONDS"}
     )
+    # Fernet keys (comma-separated) that encrypt webhook and callback signing secrets at rest:
+    # the first encrypts, every one decrypts (shared/secrets_at_rest.py, docs/SECURITY.md).
+    # Empty: no signing secret can be stored or read; never shown in a repr or a log.
+    secret_keys: str = field(default="", repr=False, metadata={"env": "MYOTRIAGE_SECRET_KEYS"})
     # How long Idempotency-Key records are kept.
     idempotency_ttl_hours: int = field(
         default=24, metadata={"env": "MYOTRIAGE_IDEMPOTENCY_TTL_HOURS"}
@@ -124,6 +128,24 @@ class Settings:
     cds_lookback_days: int = field(default=30, metadata={"env": "MYOTRIAGE_CDS_LOOKBACK_DAYS"})
     # Origins allowed to call the CDS Hooks and FHIR endpoints from a browser.
     cors_origins: str = field(default="*", metadata={"env": "MYOTRIAGE_CORS_ORIGINS"})
+    # Rate limits (shared/rate_limits.py), each "N/second|minute|hour|day" (several joined by
+    # ";"): requests per API key and per client address, and failed authentications (401s) per
+    # address, after which the address is refused until the window ends. Counted in Redis;
+    # while Redis is down, per process in memory. `false` turns all three off (benchmarks).
+    rate_limit_enabled: bool = field(default=True, metadata={"env": "MYOTRIAGE_RATE_LIMIT_ENABLED"})
+    rate_limit_per_key: str = field(
+        default="600/minute", metadata={"env": "MYOTRIAGE_RATE_LIMIT_PER_KEY"}
+    )
+    rate_limit_per_address: str = field(
+        default="1200/minute", metadata={"env": "MYOTRIAGE_RATE_LIMIT_PER_ADDRESS"}
+    )
+    rate_limit_failed_auth: str = field(
+        default="20/minute", metadata={"env": "MYOTRIAGE_RATE_LIMIT_FAILED_AUTH"}
+    )
+    # Reverse proxies in front of the services that append to X-Forwarded-For (0: none). The
+    # client address (rate limits) is the one this many hops back; without it, every client
+    # behind a proxy shares the proxy's address and its limits.
+    trusted_proxy_hops: int = field(default=0, metadata={"env": "MYOTRIAGE_TRUSTED_PROXY_HOPS"})
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Settings:
@@ -134,7 +156,7 @@ class Settings:
             raw = os.environ.get(env_name)
             if raw is None or raw == "":
                 continue
-            kind = {"int": int, "float": float}.get(str(f.type), str)
+            kind = {"int": int, "float": float, "bool": bool}.get(str(f.type), str)
             values[f.name] = _coerce(raw, kind, env_name)
         values.update(overrides)
         return cls(**values)
@@ -149,7 +171,17 @@ class Settings:
         return [(f.metadata["env"], str(getattr(defaults, f.name))) for f in fields(Settings)]
 
 
+_BOOLEANS = {
+    **dict.fromkeys(("1", "true", "yes", "on"), True),
+    **dict.fromkeys(("0", "false", "no", "off"), False),
+}
+
+
 def _coerce(raw: str, kind: type, name: str) -> Any:
+    if kind is bool:
+        if raw.strip().lower() not in _BOOLEANS:
+            raise ValueError(f"environment variable {name}={raw!r} is not true or false")
+        return _BOOLEANS[raw.strip().lower()]
     try:
         if kind is int:
             return int(raw)

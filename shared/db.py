@@ -17,7 +17,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 
 def make_engine(database_url: str, **kwargs: Any) -> Engine:
-    """Create the engine for `database_url`, tuned for the backend."""
+    """Create the engine for `database_url`, tuned for the backend.
+
+    SQL parameters are never rendered into errors or logs (`hide_parameters`): they are report
+    contents, patient ids and key hashes, and a statement error's message reaches logs."""
+    # Not a default a caller could turn off: every engine of the project is made here.
+    kwargs["hide_parameters"] = True
     url = make_url(database_url)
     if url.get_backend_name() == "sqlite":
         if url.database and url.database != ":memory:":

@@ -1,10 +1,14 @@
 """Celery tasks of the rules worker: thin shells around plain functions.
 
 Every task is declared with `house_task`, which names it, routes it, binds `task_id` to the log
-context and counts it in metrics. Tasks take ids only, never patient data.
+context and counts it in metrics. Tasks take ids only, never patient data, and what they raise
+to Celery (its logs, its result) names ids and error classes only: see `ScoringFailed`.
 """
 
 from __future__ import annotations
+
+import traceback
+from pathlib import Path
 
 import structlog
 from celery import Celery, Task
@@ -19,6 +23,21 @@ from shared.celery_app import SCORE_TASK, house_task
 log = structlog.get_logger("myotriage.rules")
 
 TRIAGED = Counter("myotriage_triaged_total", "Assessments scored, by level", ["level"])
+
+
+class ScoringFailed(Exception):
+    """What Celery gets of an unexpected error while scoring: the assessment id and the error's
+    class, never its message, which may quote the report (a KeyError names a finding code, a
+    ValueError a value), and never the error itself chained on."""
+
+    def __init__(self, assessment_id: str, error_class: str) -> None:
+        # Both as args: the prefork pool pickles it back to the parent process.
+        super().__init__(assessment_id, error_class)
+        self.assessment_id = assessment_id
+        self.error_class = error_class
+
+    def __str__(self) -> str:
+        return f"scoring assessment {self.assessment_id} failed: {self.error_class}"
 
 
 def register_tasks(app: Celery) -> None:
@@ -37,20 +56,40 @@ def register_tasks(app: Celery) -> None:
         """Score one assessment by id (idempotent)."""
         sessions = runtime.sessions()
         ruleset = runtime.ruleset()
+        failure: tuple[str, str] | None = None
         try:
             outcome = score_assessment(sessions, ruleset, assessment_id)
         except (OperationalError, SoftTimeLimitExceeded):
-            raise
+            raise  # retried (SQL parameters are hidden from their messages: shared/db.py)
         except Exception as exc:
+            failure = (type(exc).__name__, _raised_at(exc))
+        if failure is not None:
             # A bug in the engine on this report: keep the report, show it as failed, tell ops.
+            # Out here, not in the handler, so nothing raised from now on has the original
+            # error chained on as its context.
+            error_class, raised_at = failure
             log.error(
-                "score.engine_error", assessment_id=assessment_id, error_class=type(exc).__name__
+                "score.engine_error",
+                assessment_id=assessment_id,
+                error_class=error_class,
+                raised_at=raised_at,
             )
-            mark_failed(sessions, assessment_id, f"engine error: {type(exc).__name__}")
-            raise
+            mark_failed(sessions, assessment_id, f"engine error: {error_class}")
+            raise ScoringFailed(assessment_id, error_class)
         if outcome.triage_level and outcome.outcome == "scored":
             TRIAGED.labels(outcome.triage_level).inc()
             runtime.publish_event(
                 "assessment.scored",
                 {"assessment_id": assessment_id, "triage": outcome.triage_level},
             )
+
+
+def _raised_at(exc: BaseException) -> str:
+    """Where `exc` was raised, as `file.py:line (function)`: code, never data."""
+    frames = traceback.StackSummary.extract(
+        traceback.walk_tb(exc.__traceback__), lookup_lines=False
+    )
+    if not frames:
+        return "unknown"
+    frame = frames[-1]
+    return f"{Path(frame.filename).name}:{frame.lineno} ({frame.name})"
