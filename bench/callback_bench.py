@@ -39,7 +39,8 @@ from services.rules.engine import load_ruleset  # noqa: E402
 from shared.callbacks import enqueue_result_callbacks, payload_body  # noqa: E402
 from shared.config import Settings  # noqa: E402
 from shared.db import transaction  # noqa: E402
-from shared.models import (  # noqa: E402  # noqa: E402
+from shared.models import (  # noqa: E402
+    DEFAULT_TENANT_ID,
     Assessment,
     CallbackDelivery,
     CallbackSubscription,
@@ -116,6 +117,7 @@ def queue_results(stack: BenchStack, count: int, result: dict[str, Any]) -> list
     with transaction(stack.sessions) as session:
         for _ in range(count):
             assessment = Assessment(
+                tenant_id=DEFAULT_TENANT_ID,
                 id=new_id(),
                 report=report(),
                 patient_ref="MRN-0042",
@@ -198,6 +200,7 @@ def main() -> None:
         with transaction(stack.sessions) as session:
             session.add(
                 CallbackSubscription(
+                    tenant_id=DEFAULT_TENANT_ID,
                     owner_key_id="bench",
                     callback_url=receiver.url,
                     secret=secret,

@@ -37,7 +37,7 @@ from services.reporting.cds_cards import PATIENT_VIEW_SERVICE_ID  # noqa: E402
 from services.rules.engine import load_ruleset  # noqa: E402
 from services.rules.scoring import score_assessment  # noqa: E402
 from shared.db import transaction  # noqa: E402
-from shared.models import Assessment  # noqa: E402
+from shared.models import DEFAULT_TENANT_ID, Assessment  # noqa: E402
 from tests.factories import DOMS, STROKE, report  # noqa: E402
 from tests.support import ServiceProcess  # noqa: E402
 
@@ -131,7 +131,13 @@ def seed_patients(stack: BenchStack, count: int) -> list[str]:
         base = report(STROKE if index % 3 == 0 else DOMS if index % 3 == 1 else None)
         body = {**base, "patient": {**base["patient"], "id": patient}}
         with transaction(stack.sessions) as session:
-            assessment = Assessment(report=body, patient_ref=patient, source="api", status="queued")
+            assessment = Assessment(
+                tenant_id=DEFAULT_TENANT_ID,
+                report=body,
+                patient_ref=patient,
+                source="api",
+                status="queued",
+            )
             session.add(assessment)
         score_assessment(stack.sessions, ruleset, assessment.id)
         patients.append(patient)

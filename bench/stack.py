@@ -19,7 +19,14 @@ from services.local_stack import free_port, wait_for_http  # noqa: E402
 from shared.auth import SCOPES, create_api_key  # noqa: E402
 from shared.db import make_engine, make_session_factory, transaction  # noqa: E402
 from shared.migrate import upgrade_database  # noqa: E402
-from tests.support import RedisServer, ServiceProcess, relay_process, worker_process  # noqa: E402
+from shared.secrets_at_rest import install_secret_keys  # noqa: E402
+from tests.support import (  # noqa: E402
+    TEST_SECRET_KEYS,
+    RedisServer,
+    ServiceProcess,
+    relay_process,
+    worker_process,
+)
 
 
 class BenchStack:
@@ -33,6 +40,7 @@ class BenchStack:
         )
         if self.database_url.startswith("postgresql"):
             _reset_postgres(self.database_url)
+        install_secret_keys(self.env["MYOTRIAGE_SECRET_KEYS"])  # benches store secrets too
         upgrade_database(self.database_url)
         self.sessions = make_session_factory(make_engine(self.database_url))
         with transaction(self.sessions) as session:
@@ -45,6 +53,12 @@ class BenchStack:
         env.update(
             DATABASE_URL=self.database_url, REDIS_URL=self.redis.url, MYOTRIAGE_LOG_LEVEL="WARNING"
         )
+        # One key from one address at thousands a second: the rate limits stay on (their cost
+        # is part of what is measured) but never refuse (bench/rate_limit_bench.py: on vs off).
+        for name in ("PER_KEY", "PER_ADDRESS", "FAILED_AUTH"):
+            env.setdefault(f"MYOTRIAGE_RATE_LIMIT_{name}", "1000000000/minute")
+        if not env.get("MYOTRIAGE_SECRET_KEYS"):
+            env["MYOTRIAGE_SECRET_KEYS"] = TEST_SECRET_KEYS
         return env
 
     def gunicorn(self, name: str, app: str, workers: int = 4, threads: int = 1) -> str:

@@ -26,12 +26,14 @@ from urllib.request import urlopen
 
 from sqlalchemy import select
 
+from shared import repository
 from shared.auth import SCOPES, create_api_key, hash_key
 from shared.celery_app import CALLBACKS_QUEUE, RULES_QUEUES
 from shared.config import RUN_DIR, Settings
 from shared.db import make_engine, make_session_factory, transaction
 from shared.migrate import upgrade_database
 from shared.models import ApiKey
+from shared.secrets_at_rest import generate_secret_key, install_secret_keys
 
 INTAKE_THREADS = "16"
 # Callbacks may go to loopback (over http) in a local run and in the tests, so that a receiver
@@ -147,8 +149,13 @@ def wait_for_http(url: str, timeout: float = 30.0) -> bool:
     return False
 
 
+# The local run's own organisation: its key, and everything submitted with it, belong to it.
+LOCAL_TENANT = "local"
+
+
 def local_api_key(settings: Settings, key_file: Path) -> str:
-    """The local stack's all-scopes key: reused from `.run/` if still valid, else created."""
+    """The local stack's all-scopes key of the `local` tenant (created on first run): reused
+    from `.run/` if still valid, else created."""
     sessions = make_session_factory(make_engine(settings.database_url))
     if key_file.exists():
         raw = key_file.read_text().strip()
@@ -157,10 +164,24 @@ def local_api_key(settings: Settings, key_file: Path) -> str:
             if row is not None and row.revoked_at is None:
                 return raw
     with transaction(sessions) as session:
-        _, raw = create_api_key(session, "local run", list(SCOPES))
+        tenant = repository.ensure_tenant(session, LOCAL_TENANT)
+        _, raw = create_api_key(session, "local run", list(SCOPES), tenant.id)
     key_file.write_text(raw + "\n")
     key_file.chmod(0o600)
     return raw
+
+
+def local_secret_key(key_file: Path) -> str:
+    """The local stack's key for signing secrets at rest: made once, then kept in `.run/`
+    (readable by its owner only) so the secrets stored by earlier runs stay readable."""
+    if key_file.exists():
+        return key_file.read_text().strip()
+    key_file.parent.mkdir(parents=True, exist_ok=True)
+    key = generate_secret_key()
+    descriptor = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w") as out:
+        out.write(key + "\n")
+    return key
 
 
 @dataclass
@@ -239,9 +260,16 @@ class LocalStack:
                 return 2
             env["REDIS_URL"] = f"redis://127.0.0.1:{port}/0"
         env.setdefault("MYOTRIAGE_CALLBACK_ALLOWED_NETWORKS", LOOPBACK_CALLBACK_NETWORKS)
+        if not env.get("MYOTRIAGE_SECRET_KEYS"):  # unset or empty (as in .env.example)
+            env["MYOTRIAGE_SECRET_KEYS"] = local_secret_key(self.run_dir / "secret-key")
         env["MYOTRIAGE_INTAKE_URL"] = f"http://127.0.0.1:{self.intake_port}"
         env["MYOTRIAGE_REPORTING_URL"] = f"http://127.0.0.1:{self.reporting_port}"
-        settings = Settings.from_env(database_url=env["DATABASE_URL"], redis_url=env["REDIS_URL"])
+        settings = Settings.from_env(
+            database_url=env["DATABASE_URL"],
+            redis_url=env["REDIS_URL"],
+            secret_keys=env["MYOTRIAGE_SECRET_KEYS"],
+        )
+        install_secret_keys(settings.secret_keys)  # for the migrations run here
         upgrade_database(settings.database_url)
         api_key = local_api_key(settings, self.run_dir / "local-api-key")
 
@@ -379,7 +407,7 @@ MyoTriage is running (Ctrl-C stops everything).
   database    {env["DATABASE_URL"]}
   redis       {env["REDIS_URL"]}
   logs        {logs}/
-  API key     {api_key}   (all scopes; kept in .run/local-api-key)
+  API key     {api_key}   (all scopes, tenant "{LOCAL_TENANT}"; kept in .run/local-api-key)
 
 Try it:
 

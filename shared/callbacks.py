@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import func, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, defer
 
 from shared.celery_app import CALLBACKS_QUEUE
 from shared.config import Settings
@@ -103,7 +103,14 @@ def enqueue_result_callbacks(
     """
     subscriptions = list(
         session.scalars(
-            select(CallbackSubscription).where(CallbackSubscription.disabled_at.is_(None))
+            # Only the assessment's own organisation hears about it.
+            select(CallbackSubscription)
+            .where(
+                CallbackSubscription.tenant_id == assessment.tenant_id,
+                CallbackSubscription.disabled_at.is_(None),
+            )
+            # Not the (encrypted) signing secret: scoring never signs, nor needs the keys.
+            .options(defer(CallbackSubscription.secret, raiseload=True))
         )
     )
     if not subscriptions:
@@ -230,19 +237,18 @@ def deliveries_of(
     return [(d, attempts[d.id]) for d in deliveries]
 
 
-def reserve_subscription_slot(session: Session, owner_key_id: str, limit: int) -> bool:
-    """Whether `owner_key_id` may add one more active subscription (it has fewer than `limit`).
+def reserve_subscription_slot(session: Session, tenant_id: str, limit: int) -> bool:
+    """Whether `tenant_id` may add one more active subscription (it has fewer than `limit`).
 
     Call it in the transaction that adds the subscription: on PostgreSQL it holds a lock per
-    owner until commit, so two concurrent creates cannot both take the last slot. Disabled
-    subscriptions do not count (there is no delete: disabling frees the slot). The owner is the
-    API key for now; when tenants arrive, this is the one place that counts per tenant.
+    tenant until commit, so two concurrent creates cannot both take the last slot. Disabled
+    subscriptions do not count (there is no delete: disabling frees the slot).
     """
     if session.get_bind().dialect.name == "postgresql":
         session.execute(
             select(
                 func.pg_advisory_xact_lock(
-                    func.hashtext("myotriage.subscription_slots"), func.hashtext(owner_key_id)
+                    func.hashtext("myotriage.subscription_slots"), func.hashtext(tenant_id)
                 )
             )
         )
@@ -250,19 +256,46 @@ def reserve_subscription_slot(session: Session, owner_key_id: str, limit: int) -
         select(func.count())
         .select_from(CallbackSubscription)
         .where(
-            CallbackSubscription.owner_key_id == owner_key_id,
+            CallbackSubscription.tenant_id == tenant_id,
             CallbackSubscription.disabled_at.is_(None),
         )
     )
     return int(active or 0) < limit
 
 
-def subscriptions_of(session: Session, owner_key_id: str | None) -> Sequence[CallbackSubscription]:
-    """Subscriptions owned by `owner_key_id` (all of them when None), newest first."""
-    query = select(CallbackSubscription).order_by(CallbackSubscription.created_at.desc())
+def subscriptions_of(
+    session: Session, tenant_id: str, owner_key_id: str | None
+) -> Sequence[CallbackSubscription]:
+    """`tenant_id`'s subscriptions owned by `owner_key_id` (all of the tenant's when None),
+    newest first."""
+    query = (
+        select(CallbackSubscription)
+        .where(CallbackSubscription.tenant_id == tenant_id)
+        .order_by(CallbackSubscription.created_at.desc())
+    )
     if owner_key_id is not None:
         query = query.where(CallbackSubscription.owner_key_id == owner_key_id)
     return list(session.scalars(query))
+
+
+def get_subscription(
+    session: Session, tenant_id: str, subscription_id: str
+) -> CallbackSubscription | None:
+    """`tenant_id`'s subscription, or None (another tenant's is not found)."""
+    subscription = session.get(CallbackSubscription, subscription_id)
+    if subscription is None or subscription.tenant_id != tenant_id:
+        return None
+    return subscription
+
+
+def delivery_of(
+    session: Session, subscription_id: str, delivery_id: str
+) -> CallbackDelivery | None:
+    """One delivery of a subscription, or None."""
+    delivery = session.get(CallbackDelivery, delivery_id)
+    return (
+        delivery if delivery is not None and delivery.subscription_id == subscription_id else None
+    )
 
 
 def is_final(status: str) -> bool:

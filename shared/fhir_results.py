@@ -16,6 +16,8 @@ from fhir.resources.R4B.detectedissue import DetectedIssue
 from fhir.resources.R4B.operationoutcome import OperationOutcome
 from fhir.resources.R4B.riskassessment import RiskAssessment
 
+from shared.display_text import display_text
+
 FHIR_MEDIA_TYPE = "application/fhir+json"
 RISK_PROBABILITY_SYSTEM = "http://terminology.hl7.org/CodeSystem/risk-probability"
 TRIAGE_LEVEL_SYSTEM = "https://myotriage.example/fhir/CodeSystem/triage-level"
@@ -161,7 +163,8 @@ def detected_issue(scored: ScoredAssessment, index: int, base_url: str) -> dict[
     """The `index`-th red flag of the result as a `DetectedIssue` (id `<assessment>-<n>`)."""
     flag = scored.result["red_flags"][index]
     level = flag.get("level", scored.triage_level)
-    because = [str(item) for item in flag.get("because", [])]
+    # `because` can quote the patient's own words (medicine names): one clean line each.
+    because = [display_text(item) for item in flag.get("because", [])]
     source = flag.get("source") or "MyoTriage rule set"
     detail = f"{flag['title']}."
     if because:

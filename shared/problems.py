@@ -12,8 +12,10 @@ from typing import Any
 
 import structlog
 from flask import Flask, Response, g, json
-from marshmallow import ValidationError
+from marshmallow import Schema, ValidationError, fields, validate
 from werkzeug.exceptions import HTTPException
+
+from shared.secrets_at_rest import secret_keys_problem
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 PROBLEM_BASE = "https://myotriage.example/problems/"
@@ -44,6 +46,43 @@ class Problem(Exception):
         self.problem_type = problem_type
         self.errors = errors
         self.headers = dict(headers or {})
+
+
+class ProblemErrorSchema(Schema):
+    """One bad field of a problem (documentation only: `field_errors` writes them)."""
+
+    field = fields.String(
+        required=True,
+        allow_none=True,
+        metadata={"description": "The field's dotted path; null for the body as a whole."},
+    )
+    pointer = fields.String(
+        required=True,
+        metadata={"description": "JSON Pointer (RFC 6901) to the field; empty for the body."},
+    )
+    message = fields.String(required=True)
+
+
+class ProblemSchema(Schema):
+    """An RFC 9457 problem as `problem_response` writes it: the body of every error (the
+    OpenAPI documents list it for each error an operation can answer; shared/openapi.py)."""
+
+    type = fields.String(
+        required=True,
+        metadata={"format": "uri", "description": "Names the kind of problem."},
+    )
+    title = fields.String(required=True)
+    status = fields.Integer(required=True, validate=validate.Range(min=400, max=599))
+    detail = fields.String(metadata={"description": "What went wrong here, for people."})
+    errors = fields.List(
+        fields.Nested(ProblemErrorSchema),
+        metadata={"description": "Invalid input: every bad field (up to 100)."},
+    )
+    request_id = fields.String(
+        required=True,
+        allow_none=True,
+        metadata={"description": "Quote it to support: the logs know the request by it."},
+    )
 
 
 def field_errors(messages: Any, prefix: str = "") -> list[dict[str, Any]]:
@@ -144,7 +183,25 @@ def register_problem_handlers(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:
+        keys_problem = secret_keys_problem(exc)
+        if keys_problem is not None:
+            return _secrets_unavailable(keys_problem)
         return unexpected_error_response(exc)
+
+
+def _secrets_unavailable(exc: Exception) -> Response:
+    """503 when signing secrets cannot be encrypted or decrypted: MYOTRIAGE_SECRET_KEYS is the
+    operator's to fix (the log says how); the caller learns only that it should wait."""
+    log.error("secrets.unavailable", error_class=type(exc).__name__, detail=str(exc))
+    return problem_response(
+        Problem(
+            503,
+            "Service Unavailable",
+            "Signing secrets cannot be stored or read on this service now (a configuration "
+            "problem, logged for its operators). Try again later.",
+            problem_type="secrets-unavailable",
+        )
+    )
 
 
 def unexpected_error_response(exc: BaseException) -> Response:

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Table, and_, bindparam, select, update
+from sqlalchemy import Table, and_, bindparam, func, select, update
 from sqlalchemy.orm import Session
 
 from shared.celery_app import SCORE_TASK, SCORING_QUEUE
@@ -14,13 +14,15 @@ from shared.group_commit import Row
 from shared.models import (
     Assessment,
     AuditEvent,
+    CdsFeedback,
     IdempotencyRecord,
     OutboxMessage,
+    Tenant,
     TriageResult,
     new_id,
     utcnow,
 )
-from shared.vocabulary import LEVEL_RANK
+from shared.vocabulary import LEVEL_RANK, STATUS_QUEUED, STATUS_SCORED
 
 # ---- Assessments ------------------------------------------------------------------------------
 
@@ -32,12 +34,15 @@ _IDEMPOTENCY: Table = IdempotencyRecord.__table__  # type: ignore[assignment]
 def assessment_rows(
     report: dict[str, Any],
     *,
+    tenant_id: str,
     source: str,
     submitted_by: str | None,
+    patient_system: str = "",
     queue: str = SCORING_QUEUE,
 ) -> tuple[str, list[Row]]:
-    """A validated report's rows: the `queued` assessment and its outbox message, to be inserted
-    in one transaction (`GroupCommitter.insert`); returns the new assessment's id too."""
+    """A validated report's rows: the `queued` assessment of `tenant_id` and its outbox message,
+    to be inserted in one transaction (`GroupCommitter.insert`); returns the new assessment's id
+    too. `patient_system` is the identifier system when the caller gave one (FHIR)."""
     now = utcnow()
     assessment_id = new_id()
     return assessment_id, [
@@ -45,8 +50,10 @@ def assessment_rows(
             _ASSESSMENTS,
             {
                 "id": assessment_id,
-                "status": "queued",
+                "tenant_id": tenant_id,
+                "status": STATUS_QUEUED,
                 "source": source,
+                "patient_system": patient_system,
                 "patient_ref": report["patient"]["id"],
                 "report": report,
                 "submitted_by": submitted_by,
@@ -74,8 +81,81 @@ def assessment_rows(
     ]
 
 
-def get_assessment(session: Session, assessment_id: str) -> Assessment | None:
+def get_assessment(session: Session, tenant_id: str, assessment_id: str) -> Assessment | None:
+    """The assessment if it belongs to `tenant_id`: another tenant's is as absent as a missing
+    one (callers answer 404, never 403, so existence is not confirmed)."""
+    assessment = session.get(Assessment, assessment_id)
+    return assessment if assessment is not None and assessment.tenant_id == tenant_id else None
+
+
+def get_assessment_for_work(session: Session, assessment_id: str) -> Assessment | None:
+    """Any tenant's assessment, for the workers and admin commands that act on ids they were
+    given by the system itself (a task, a re-score), never on a caller's request."""
     return session.get(Assessment, assessment_id)
+
+
+def older_results(session: Session, assessment_id: str) -> list[TriageResult]:
+    """An assessment's earlier (not current) results, oldest first."""
+    return list(
+        session.scalars(
+            select(TriageResult)
+            .where(TriageResult.assessment_id == assessment_id, TriageResult.current.is_(False))
+            .order_by(TriageResult.created_at)
+        )
+    )
+
+
+def result_count(session: Session, assessment_id: str) -> int:
+    """How many results an assessment has had (more than one: it was re-scored, "amended")."""
+    count = session.scalar(
+        select(func.count())
+        .select_from(TriageResult)
+        .where(TriageResult.assessment_id == assessment_id)
+    )
+    return int(count or 0)
+
+
+def scored_assessment(
+    session: Session, tenant_id: str, assessment_id: str
+) -> tuple[Assessment, TriageResult] | None:
+    """`tenant_id`'s assessment with its current result, or None (missing, another tenant's, or
+    not scored yet)."""
+    row = session.execute(
+        select(Assessment, TriageResult)
+        .join(TriageResult, TriageResult.assessment_id == Assessment.id)
+        .where(
+            Assessment.id == assessment_id,
+            Assessment.tenant_id == tenant_id,
+            TriageResult.current.is_(True),
+        )
+    ).first()
+    return (row[0], row[1]) if row is not None else None
+
+
+def scored_for_patient(
+    session: Session,
+    tenant_id: str,
+    patient_ref: str,
+    *,
+    limit: int,
+    since: datetime | None = None,
+) -> list[tuple[Assessment, TriageResult]]:
+    """One patient's scored assessments in `tenant_id`, newest first, each with its current
+    result; `since` keeps those received from then on."""
+    query = (
+        select(Assessment, TriageResult)
+        .join(TriageResult, TriageResult.assessment_id == Assessment.id)
+        .where(
+            Assessment.tenant_id == tenant_id,
+            Assessment.patient_ref == patient_ref,
+            TriageResult.current.is_(True),
+        )
+        .order_by(Assessment.created_at.desc())
+        .limit(limit)
+    )
+    if since is not None:
+        query = query.where(Assessment.created_at >= since)
+    return [(row[0], row[1]) for row in session.execute(query).all()]
 
 
 def current_result(session: Session, assessment_id: str) -> TriageResult | None:
@@ -101,7 +181,7 @@ def scored_assessment_ids(session: Session) -> list[str]:
     """Every scored assessment's id, oldest first (ids are UUIDv7): the admin re-score's list."""
     return list(
         session.scalars(
-            select(Assessment.id).where(Assessment.status == "scored").order_by(Assessment.id)
+            select(Assessment.id).where(Assessment.status == STATUS_SCORED).order_by(Assessment.id)
         )
     )
 
@@ -144,13 +224,14 @@ def urgency_of(level: str, priority: int) -> int:
 
 
 def triage_queue(
-    session: Session, *, limit: int, offset: int = 0, level: str | None = None
+    session: Session, tenant_id: str, *, limit: int, offset: int = 0, level: str | None = None
 ) -> Sequence[tuple[Assessment, TriageResult]]:
-    """Scored assessments with their current result, most urgent first, oldest first in a tie."""
+    """`tenant_id`'s scored assessments with their current result, most urgent first, oldest
+    first in a tie."""
     query = (
         select(Assessment, TriageResult)
         .join(TriageResult, TriageResult.assessment_id == Assessment.id)
-        .where(TriageResult.current.is_(True))
+        .where(TriageResult.current.is_(True), Assessment.tenant_id == tenant_id)
         .order_by(TriageResult.urgency.desc(), Assessment.created_at.asc())
         .limit(limit)
         .offset(offset)
@@ -160,11 +241,19 @@ def triage_queue(
     return [(row[0], row[1]) for row in session.execute(query).all()]
 
 
-def history_for_patient(session: Session, patient_ref: str, limit: int = 20) -> list[Assessment]:
+def history_for_patient(
+    session: Session, assessment: Assessment, limit: int = 20
+) -> list[Assessment]:
+    """The assessments of `assessment`'s patient (same tenant, identifier system and identifier),
+    newest first, itself included."""
     return list(
         session.scalars(
             select(Assessment)
-            .where(Assessment.patient_ref == patient_ref)
+            .where(
+                Assessment.tenant_id == assessment.tenant_id,
+                Assessment.patient_ref == assessment.patient_ref,
+                Assessment.patient_system == assessment.patient_system,
+            )
             .order_by(Assessment.created_at.desc())
             .limit(limit)
         )
@@ -275,8 +364,6 @@ def complete_outbox_messages(session: Session, assessment_id: str, task_name: st
 
 
 def outbox_backlog(session: Session) -> int:
-    from sqlalchemy import func
-
     return int(
         session.scalar(
             select(func.count())
@@ -303,14 +390,17 @@ def purge_completed_outbox(session: Session, older_than: timedelta) -> int:
 def record_audit(
     session: Session,
     *,
+    tenant_id: str | None,
     actor: str,
     action: str,
     assessment_id: str | None = None,
     request_id: str | None = None,
     detail: str | None = None,
 ) -> None:
+    """Write one audit event into `tenant_id`'s log (None: an action across tenants)."""
     session.add(
         AuditEvent(
+            tenant_id=tenant_id,
             actor=actor,
             action=action,
             assessment_id=assessment_id,
@@ -318,3 +408,65 @@ def record_audit(
             detail=detail,
         )
     )
+
+
+def audit_events(session: Session, tenant_id: str, *, limit: int = 100) -> list[AuditEvent]:
+    """`tenant_id`'s audit log, newest first."""
+    return list(
+        session.scalars(
+            select(AuditEvent)
+            .where(AuditEvent.tenant_id == tenant_id)
+            .order_by(AuditEvent.at.desc(), AuditEvent.id.desc())
+            .limit(limit)
+        )
+    )
+
+
+# ---- Tenants ----------------------------------------------------------------------------------
+
+
+def create_tenant(session: Session, name: str) -> Tenant:
+    """A new tenant; ValueError when the name is taken or empty."""
+    name = name.strip()
+    if not name or len(name) > 100:
+        raise ValueError("a tenant name is 1 to 100 characters")
+    if session.scalar(select(Tenant.id).where(Tenant.name == name)) is not None:
+        raise ValueError(f"a tenant named {name!r} exists already")
+    tenant = Tenant(name=name)
+    session.add(tenant)
+    session.flush()
+    return tenant
+
+
+def find_tenant(session: Session, name_or_id: str) -> Tenant | None:
+    """A tenant by its name or id."""
+    return session.scalar(
+        select(Tenant).where((Tenant.name == name_or_id) | (Tenant.id == name_or_id))
+    )
+
+
+def ensure_tenant(session: Session, name: str) -> Tenant:
+    """The tenant called `name`, created if missing (the local run's own tenant)."""
+    return find_tenant(session, name) or create_tenant(session, name)
+
+
+def tenants(session: Session) -> list[Tenant]:
+    return list(session.scalars(select(Tenant).order_by(Tenant.created_at, Tenant.name)))
+
+
+# ---- CDS Hooks --------------------------------------------------------------------------------
+
+
+def cds_feedback_stored(
+    session: Session, service_id: str, card_uuid: str, outcome: str, at: datetime
+) -> bool:
+    """Whether this exact feedback (service, card, outcome, time) is stored already."""
+    found = session.scalar(
+        select(CdsFeedback.id).where(
+            CdsFeedback.service_id == service_id,
+            CdsFeedback.card_uuid == card_uuid,
+            CdsFeedback.outcome == outcome,
+            CdsFeedback.outcome_timestamp == at,
+        )
+    )
+    return found is not None

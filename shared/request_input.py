@@ -31,6 +31,9 @@ from shared.problems import Problem, problem_response, unexpected_error_response
 
 DEFAULT_MAX_JSON_DEPTH: Final = 32
 MAX_IDEMPOTENCY_KEY_LENGTH: Final = 255  # the idempotency_records.key column
+# A listing's `offset`: past the end of any listing, and within the database's integers (a
+# larger one overflowed SQLite's and PostgreSQL's, a 500).
+MAX_LIST_OFFSET: Final = 2**31 - 1
 
 # A JSON string token, escapes included; unrolled so it never backtracks on an unclosed string.
 _JSON_STRING: Final = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)

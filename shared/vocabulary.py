@@ -139,4 +139,9 @@ SAFETY_QUESTIONS: Final = (
     "confusion",
 )
 
-ASSESSMENT_STATUSES: Final = ("queued", "scoring", "scored", "failed")
+# Where an assessment is in the pipeline.
+STATUS_QUEUED: Final = "queued"
+STATUS_SCORING: Final = "scoring"
+STATUS_SCORED: Final = "scored"
+STATUS_FAILED: Final = "failed"
+ASSESSMENT_STATUSES: Final = (STATUS_QUEUED, STATUS_SCORING, STATUS_SCORED, STATUS_FAILED)

@@ -11,6 +11,7 @@ from flask import Blueprint, Flask, current_app, jsonify
 from flask_smorest import Api
 from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from shared.auth import ApiKeyVerifier
 from shared.config import Settings
@@ -21,8 +22,11 @@ from shared.observability import (
     install_request_observability,
     metrics_response,
 )
+from shared.openapi import DocumentedApi
 from shared.problems import register_problem_handlers
+from shared.rate_limits import install_rate_limits
 from shared.request_input import BoundedArgumentsParser, install_json_bounds
+from shared.secrets_at_rest import use_secret_keys
 
 log = structlog.get_logger("myotriage.web")
 
@@ -63,13 +67,20 @@ def build_app(import_name: str, service: str, title: str, settings: Settings) ->
         settings.redis_url, socket_timeout=1, socket_connect_timeout=1
     )
     app.extensions["myotriage.api_keys"] = ApiKeyVerifier(
-        session_factory, settings.api_key_cache_seconds
+        session_factory, settings.api_key_cache_seconds, settings.redis_url
     )
+    use_secret_keys(settings)
+    if settings.trusted_proxy_hops:
+        # The client's address is the one our own proxies appended to X-Forwarded-For.
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxy_hops)  # type: ignore[method-assign]
     install_request_observability(app, service)
-    # After request observability, so a refusal by its before_request carries the request id.
+    # After request observability, so refusals by these before_request hooks carry the request
+    # id; rate limits first, so a refused request costs nothing more.
+    install_rate_limits(app, service, settings)
     install_json_bounds(app, settings.max_json_depth)
     app.json.sort_keys = False  # type: ignore[attr-defined]
-    api = Api(app)
+    # Every operation's OpenAPI lists the errors it can answer, as problem+json (or FHIR).
+    api = DocumentedApi(app)
     # After Api(): flask-smorest registers its own HTTPException handler, ours must win.
     register_problem_handlers(app)
     app.register_blueprint(_health_blueprint(service))

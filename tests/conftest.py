@@ -24,6 +24,7 @@ from shared.db import make_engine, make_session_factory, transaction
 from shared.migrate import upgrade_database
 from shared.models import Base
 from tests.support import (
+    TEST_SECRET_KEYS,
     RedisServer,
     ServiceProcess,
     callbacks_worker_process,
@@ -31,6 +32,19 @@ from tests.support import (
     service_env,
     wait_until,
     worker_process,
+)
+
+# The suite sends thousands of requests from one address, most with one key: generous rate
+# limits for every app and process it starts (tests/integration/test_rate_limits.py sets its own).
+os.environ.update(
+    dict.fromkeys(
+        (
+            "MYOTRIAGE_RATE_LIMIT_PER_KEY",
+            "MYOTRIAGE_RATE_LIMIT_PER_ADDRESS",
+            "MYOTRIAGE_RATE_LIMIT_FAILED_AUTH",
+        ),
+        "100000/minute",
+    )
 )
 
 
@@ -104,6 +118,7 @@ def settings(database_url: str, redis_url: str) -> Settings:
         api_key_cache_seconds=0.0,
         # As `service_env` gives the worker: callbacks to loopback test receivers are allowed.
         callback_allowed_networks=LOOPBACK_CALLBACK_NETWORKS,
+        secret_keys=TEST_SECRET_KEYS,
     )
 
 

@@ -25,6 +25,8 @@ from services.local_stack import (
 )
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# The tests' key for signing secrets at rest (MYOTRIAGE_SECRET_KEYS): fixed, public, test-only.
+TEST_SECRET_KEYS = "bXlvdHJpYWdlLXRlc3Qta2V5LTAwMDAwMDAwMDAwMDE="
 
 
 class RedisServer:
@@ -188,6 +190,7 @@ def service_env(database_url: str, redis_url: str, **extra: str) -> dict[str, st
         REDIS_URL=redis_url,
         MYOTRIAGE_LOG_LEVEL="INFO",
         MYOTRIAGE_CALLBACK_ALLOWED_NETWORKS=LOOPBACK_CALLBACK_NETWORKS,
+        MYOTRIAGE_SECRET_KEYS=TEST_SECRET_KEYS,
     )
     env.update(extra)
     return env

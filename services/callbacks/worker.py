@@ -3,6 +3,8 @@
 Its own process, apart from the rules worker: it never loads the rule set, and a slow or dead
 EHR endpoint holds up only callbacks, never scoring. A bad destination allowlist
 (MYOTRIAGE_CALLBACK_ALLOWED_NETWORKS) stops it at start-up rather than failing every delivery.
+So does a malformed MYOTRIAGE_SECRET_KEYS (checked on import: Celery only logs what a
+`worker_init` handler raises); signing needs the subscriptions' secrets.
 """
 
 from __future__ import annotations
@@ -17,10 +19,12 @@ from shared import worker_runtime
 from shared.callback_destinations import DestinationPolicy
 from shared.celery_app import create_celery
 from shared.observability import configure_logging
+from shared.secrets_at_rest import use_secret_keys
 
 configure_logging(worker_runtime.settings().log_level)
 log = structlog.get_logger("myotriage.callbacks")
 
+use_secret_keys(worker_runtime.settings())
 celery_app = create_celery(worker_runtime.settings(), name="myotriage-callbacks")
 register_callback_tasks(celery_app)
 app = celery_app  # `celery -A services.callbacks.worker` finds `app`

@@ -24,6 +24,7 @@ from shared.models import utcnow
 from shared.problems import Problem, validation_problem
 from shared.schemas.report_json_schema import fast_load
 from shared.schemas.symptom_report import SymptomReportSchema
+from shared.vocabulary import STATUS_QUEUED
 
 log = structlog.get_logger("myotriage.intake")
 _schema = SymptomReportSchema()
@@ -72,15 +73,18 @@ def accept_assessment(
     sessions: sessionmaker[Session],
     body: Any,
     *,
+    tenant_id: str,
     source: str,
     caller_id: str,
     links: Any,
+    patient_system: str = "",
     idempotency_key: str | None = None,
     idempotency_ttl: timedelta = timedelta(hours=24),
     request_fingerprint: str | None = None,
     extra_rows: Callable[[str], list[Row]] | None = None,
 ) -> Accepted:
-    """Validate `body` and store it as a queued assessment with its outbox row, atomically.
+    """Validate `body` and store it as a queued assessment of `tenant_id` with its outbox row,
+    atomically. `patient_system` is the patient identifier's system when the caller gave one.
 
     `links(assessment_id) -> (location, links dict)` builds the URLs. With an idempotency key,
     a repeat of the same body returns the first answer; a different body is a 422.
@@ -95,12 +99,16 @@ def accept_assessment(
     # first request with a key costs one transaction, not a lookup as well.
     for first_try in (True, False):
         assessment_id, rows = repository.assessment_rows(
-            report, source=source, submitted_by=caller_id
+            report,
+            tenant_id=tenant_id,
+            source=source,
+            submitted_by=caller_id,
+            patient_system=patient_system,
         )
         if extra_rows is not None:
             rows.extend(extra_rows(assessment_id))
         location, link_map = links(assessment_id)
-        response = {"id": assessment_id, "status": "queued", "links": link_map}
+        response = {"id": assessment_id, "status": STATUS_QUEUED, "links": link_map}
         if idempotency_key:
             rows.append(
                 repository.idempotency_row(

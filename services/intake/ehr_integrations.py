@@ -18,7 +18,13 @@ from sqlalchemy.orm import Session, selectinload
 
 from shared.auth import SCOPES
 from shared.group_commit import Row
-from shared.models import FhirQuestionnaireResponse, Integration, IntegrationSecret, utcnow
+from shared.models import (
+    DEFAULT_TENANT_ID,
+    FhirQuestionnaireResponse,
+    Integration,
+    IntegrationSecret,
+    utcnow,
+)
 
 SECRET_PREFIX = "whsec_"
 # Standard Webhooks recommends 24 to 64 random bytes.
@@ -30,6 +36,10 @@ DEFAULT_SCOPES = ("assessments:write",)
 
 class IntegrationError(ValueError):
     """A request to change integrations that cannot be done (the message says why)."""
+
+
+class IntegrationNameTaken(IntegrationError):
+    """The tenant already has an integration of this name (a conflict, not bad input)."""
 
 
 def new_webhook_secret() -> str:
@@ -61,20 +71,28 @@ def _check_scopes(scopes: list[str] | tuple[str, ...]) -> list[str]:
 
 
 def create_integration(
-    session: Session, name: str, scopes: list[str] | tuple[str, ...] = DEFAULT_SCOPES
+    session: Session,
+    name: str,
+    scopes: list[str] | tuple[str, ...] = DEFAULT_SCOPES,
+    *,
+    tenant_id: str = DEFAULT_TENANT_ID,
 ) -> tuple[Integration, IntegrationSecret, str]:
-    """Store a new integration with one fresh secret; returns (row, secret row, raw secret)."""
+    """Store a new integration of `tenant_id` with one fresh secret; returns (row, secret row,
+    raw secret). Names are unique within a tenant."""
     name = name.strip()
     if not 1 <= len(name) <= 100:
         raise IntegrationError("a name is 1 to 100 characters")
-    if session.scalar(select(Integration.id).where(Integration.name == name)) is not None:
-        raise IntegrationError(f"an integration named {name!r} exists")
-    integration = Integration(name=name, scopes=_check_scopes(scopes))
+    taken = select(Integration.id).where(
+        Integration.tenant_id == tenant_id, Integration.name == name
+    )
+    if session.scalar(taken) is not None:
+        raise IntegrationNameTaken(f"an integration named {name!r} exists")
+    integration = Integration(name=name, scopes=_check_scopes(scopes), tenant_id=tenant_id)
     session.add(integration)
     try:
         session.flush()
     except IntegrityError:
-        raise IntegrationError(f"an integration named {name!r} exists") from None
+        raise IntegrationNameTaken(f"an integration named {name!r} exists") from None
     secret_row, raw = add_secret(session, integration)
     return integration, secret_row, raw
 
@@ -117,25 +135,39 @@ def revoke_secret(session: Session, integration_id: str, secret_id: str) -> bool
     return True
 
 
-def disable_integration(session: Session, integration_id: str) -> Integration | None:
-    """Refuse every webhook of this integration from now on (its records are kept)."""
-    integration = session.get(Integration, integration_id)
+def disable_integration(
+    session: Session, tenant_id: str, integration_id: str
+) -> Integration | None:
+    """Refuse every webhook of `tenant_id`'s integration from now on (its records are kept)."""
+    integration = get_integration(session, tenant_id, integration_id)
     if integration is not None and integration.disabled_at is None:
         integration.disabled_at = utcnow()
     return integration
 
 
-def list_integrations(session: Session) -> list[Integration]:
-    return list(
-        session.scalars(
-            select(Integration)
-            .options(selectinload(Integration.secrets))
-            .order_by(Integration.created_at)
-        )
+def list_integrations(session: Session, tenant_id: str | None) -> list[Integration]:
+    """`tenant_id`'s integrations (every tenant's when None: the operator's CLI), oldest first."""
+    query = (
+        select(Integration)
+        .options(selectinload(Integration.secrets))
+        .order_by(Integration.created_at)
+    )
+    if tenant_id is not None:
+        query = query.where(Integration.tenant_id == tenant_id)
+    return list(session.scalars(query))
+
+
+def get_integration(session: Session, tenant_id: str, integration_id: str) -> Integration | None:
+    """`tenant_id`'s integration with its secrets, or None (another tenant's included)."""
+    return session.scalar(
+        select(Integration)
+        .options(selectinload(Integration.secrets))
+        .where(Integration.id == integration_id, Integration.tenant_id == tenant_id)
     )
 
 
-def get_integration(session: Session, integration_id: str) -> Integration | None:
+def find_integration_by_id(session: Session, integration_id: str) -> Integration | None:
+    """Any tenant's integration by id: for the operator's CLI, which works across tenants."""
     return session.scalar(
         select(Integration)
         .options(selectinload(Integration.secrets))
@@ -143,12 +175,17 @@ def get_integration(session: Session, integration_id: str) -> Integration | None
     )
 
 
-def find_integration(session: Session, id_or_name: str) -> Integration | None:
-    """An integration by id or by name, with its secrets loaded."""
-    return session.scalar(
-        select(Integration)
-        .options(selectinload(Integration.secrets))
-        .where(or_(Integration.id == id_or_name, Integration.name == id_or_name))
+def find_webhook_senders(session: Session, id_or_name: str) -> list[Integration]:
+    """The integrations a webhook's `webhook-integration` header can mean: the one with that id,
+    or every one with that name (names are unique only within a tenant). The signature decides
+    which one sent it: each integration's secrets are its own."""
+    return list(
+        session.scalars(
+            select(Integration)
+            .options(selectinload(Integration.secrets))
+            .where(or_(Integration.id == id_or_name, Integration.name == id_or_name))
+            .order_by(Integration.created_at)
+        )
     )
 
 
@@ -167,6 +204,7 @@ def describe(integration: Integration, now: datetime | None = None) -> dict[str,
     now = now or utcnow()
     return {
         "id": integration.id,
+        "tenant_id": integration.tenant_id,
         "name": integration.name,
         "scopes": list(integration.scopes),
         "created_at": integration.created_at,

@@ -487,7 +487,8 @@ def _check_fhir_validity(resource: Any) -> None:
         issues.append(issue("structure", f"Not a valid QuestionnaireResponse: {exc}"))
     # fhir.resources coerces or ignores these; a FHIR server must not.
     status = resource.get("status")
-    if status not in FHIR_QR_STATUSES:
+    # A str first: `{} in frozenset` raises (unhashable) rather than answering no.
+    if not isinstance(status, str) or status not in FHIR_QR_STATUSES:
         issues.append(
             issue(
                 "code-invalid",
@@ -523,7 +524,8 @@ def _raw_answers(items: Any) -> Iterator[tuple[str | None, dict[str, Any]]]:
         if not isinstance(item, dict):
             continue
         link_id = item.get("linkId") if isinstance(item.get("linkId"), str) else None
-        for answer in item.get("answer") or []:
+        answers = item.get("answer")
+        for answer in answers if isinstance(answers, list) else []:
             if isinstance(answer, dict):
                 yield link_id, answer
                 yield from _raw_answers(answer.get("item"))
@@ -927,3 +929,14 @@ def questionnaire_response_from_report(
         resource["authored"] = authored.isoformat()
     resource["item"] = [item for spec in item_specs() for item in _response_items(spec, report)]
     return resource
+
+
+def patient_identifier_system(resource: Any) -> str:
+    """The identifier system of a QuestionnaireResponse's subject (`subject.identifier.system`),
+    when the patient was named that way; "" otherwise. With the tenant and the identifier it
+    names the patient: equal MRNs from two systems are two patients."""
+    subject = resource.get("subject") if isinstance(resource, dict) else None
+    identifier = subject.get("identifier") if isinstance(subject, dict) else None
+    system = identifier.get("system") if isinstance(identifier, dict) else None
+    # A system is a URI: anything unprintable (NUL, controls) is no system at all.
+    return system[:255] if isinstance(system, str) and system.isprintable() else ""

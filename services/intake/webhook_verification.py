@@ -12,14 +12,17 @@ import base64
 import binascii
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+import redis
 from sqlalchemy.orm import Session, sessionmaker
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from services.intake import ehr_integrations
+from shared.cache_invalidation import INTEGRATIONS, ListeningCache, publisher
+from shared.expiring_cache import ExpiringLru
 from shared.models import utcnow
 
 # The Standard Webhooks tolerance; the standardwebhooks package enforces the same window.
@@ -31,6 +34,10 @@ MAX_TIMESTAMP_DIGITS = 12
 # A v1 signature is 47 characters; this leaves room for dozens listed during a key rotation.
 MAX_SIGNATURE_HEADER_LENGTH = 2048
 MAX_INTEGRATION_REF_LENGTH = 100
+# The per-process cache of senders (as shared.auth bounds the API key cache).
+KNOWN_SENDERS_CACHED = 10_000
+UNKNOWN_SENDERS_CACHED = 2_000
+UNKNOWN_SENDER_CACHE_SECONDS = 5.0
 
 
 class WebhookRejected(Exception):
@@ -145,6 +152,8 @@ class WebhookSender:
     integration_id: str
     name: str
     scopes: frozenset[str]
+    # Whose reports its webhooks submit.
+    tenant_id: str
     # (verifier built from one secret, when that secret stops being accepted)
     verifiers: tuple[tuple[Webhook, datetime | None], ...]
 
@@ -177,44 +186,118 @@ BAD_SIGNATURE = WebhookRejected(
 
 
 class WebhookSenders:
-    """Finds the sender of a webhook by integration id or name, with a short per-process cache
-    (like API keys) so a webhook costs no extra query; revoking takes that long to bite."""
+    """Finds the possible senders of a webhook by integration id or name (a name may belong to
+    integrations of several tenants: the signature picks the one), with a short per-process
+    cache (like API keys) so a webhook costs no extra query. A change to an integration (a
+    secret added or revoked, the integration created or disabled) reaches every process's cache
+    at once when announced with `announce_integration_change`; else after `cache_seconds`."""
 
-    def __init__(self, session_factory: sessionmaker[Session], cache_seconds: float) -> None:
+    def __init__(
+        self,
+        session_factory: sessionmaker[Session],
+        cache_seconds: float,
+        redis_url: str | None = None,
+    ) -> None:
         self._session_factory = session_factory
         self._cache_seconds = cache_seconds
-        self._cache: dict[str, tuple[float, WebhookSender | None]] = {}
+        # Known integrations, and apart (so made-up names only ever evict each other) unknown
+        # ones, remembered briefly. Changes reach every process at once through Redis
+        # (shared/cache_invalidation.py); `cache_seconds` bounds them while Redis is away.
+        self._known: ExpiringLru[str, tuple[WebhookSender, ...]] = ExpiringLru(KNOWN_SENDERS_CACHED)
+        self._unknown: ExpiringLru[str, bool] = ExpiringLru(UNKNOWN_SENDERS_CACHED)
+        self._generation = 0  # bumped by invalidations (see shared.auth.ApiKeyVerifier)
         self._lock = threading.Lock()
+        self._changes = ListeningCache(redis_url, INTEGRATIONS) if redis_url else None
 
-    def find(self, id_or_name: str) -> WebhookSender | None:
-        """The enabled integration with this id or name, or None."""
+    @property
+    def changes(self) -> ListeningCache | None:
+        """How integration changes reach this process (None: only through expiry)."""
+        return self._changes
+
+    def invalidate(self, keys: Sequence[str]) -> None:
+        """Forget the integrations with these ids or names (an integration changed)."""
+        gone = set(keys)
+        with self._lock:
+            self._known.discard(gone)
+            self._known.discard_where(
+                lambda senders: any(sender.integration_id in gone for sender in senders)
+            )
+            self._unknown.discard(gone)
+            self._generation += 1
+
+    def invalidate_all(self) -> None:
+        with self._lock:
+            self._known.clear()
+            self._unknown.clear()
+            self._generation += 1
+
+    def find(self, id_or_name: str) -> tuple[WebhookSender, ...]:
+        """The enabled integrations with this id or name (none, one, or one per tenant)."""
+        if self._changes is not None:
+            self._changes.ensure(self)
         now = time.monotonic()
         with self._lock:
-            hit = self._cache.get(id_or_name)
-        if hit is not None and hit[0] > now:
-            return hit[1]
-        sender = self._load(id_or_name)
+            known = self._known.get(id_or_name, now)
+            if known is not None:
+                return known
+            if self._unknown.get(id_or_name, now):
+                return ()
+            generation = self._generation
+        senders = self._load(id_or_name)
         if self._cache_seconds > 0:
             with self._lock:
-                if len(self._cache) > 10_000:
-                    self._cache.clear()
-                self._cache[id_or_name] = (now + self._cache_seconds, sender)
-        return sender
+                if generation == self._generation:
+                    if senders:
+                        self._known.put(id_or_name, senders, now + self._cache_seconds)
+                    else:
+                        seconds = min(self._cache_seconds, UNKNOWN_SENDER_CACHE_SECONDS)
+                        self._unknown.put(id_or_name, True, now + seconds)
+        return senders
 
-    def _load(self, id_or_name: str) -> WebhookSender | None:
+    def _load(self, id_or_name: str) -> tuple[WebhookSender, ...]:
         # Also keeps NUL and control characters out of the query (PostgreSQL refuses NUL).
         if not 0 < len(id_or_name) <= MAX_INTEGRATION_REF_LENGTH or not id_or_name.isprintable():
-            return None
+            return ()
         with self._session_factory() as session:
-            integration = ehr_integrations.find_integration(session, id_or_name)
-            if integration is None or integration.disabled_at is not None:
-                return None
             moment = utcnow()
-            verifiers = tuple(
-                (Webhook(secret.secret), ehr_integrations.as_utc(secret.expires_at))
-                for secret in integration.secrets
-                if secret.active_at(moment)
+            return tuple(
+                WebhookSender(
+                    integration.id,
+                    integration.name,
+                    frozenset(integration.scopes),
+                    integration.tenant_id,
+                    tuple(
+                        (Webhook(secret.secret), ehr_integrations.as_utc(secret.expires_at))
+                        for secret in integration.secrets
+                        if secret.active_at(moment)
+                    ),
+                )
+                for integration in ehr_integrations.find_webhook_senders(session, id_or_name)
+                if integration.disabled_at is None
             )
-            return WebhookSender(
-                integration.id, integration.name, frozenset(integration.scopes), verifiers
-            )
+
+
+def announce_integration_change(
+    redis_target: redis.Redis | str, integration_id: str, name: str
+) -> bool:
+    """Tell every intake process to forget its cached senders of this integration: call it once
+    a change (created, disabled, secret added or revoked) has committed, with the service's
+    Redis client or (command line) the Redis URL. False when Redis is unreachable (logged):
+    the caches then expire on their own time."""
+    return publisher(redis_target)(INTEGRATIONS, [integration_id, name])
+
+
+def verified_sender(
+    senders: tuple[WebhookSender, ...], body: bytes, headers: WebhookHeaders
+) -> WebhookSender:
+    """The one of `senders` whose active secret signed the webhook; else the 401 an unknown
+    integration gets too."""
+    for sender in senders:
+        try:
+            sender.verify(body, headers)
+        except WebhookRejected as why:
+            if why is not BAD_SIGNATURE:
+                raise
+            continue
+        return sender
+    raise BAD_SIGNATURE

@@ -24,6 +24,8 @@ import requests
 import structlog
 from jwt import PyJWK
 
+from shared.models.tenants import DEFAULT_TENANT_NAME
+
 log = structlog.get_logger("myotriage.cds_auth")
 
 ALLOWED_ALGORITHMS = frozenset({"ES384", "RS384"})
@@ -46,11 +48,13 @@ class CdsAuthError(Exception):
 
 @dataclass(frozen=True)
 class CdsClient:
-    """The authenticated EHR: its issuer, and `sub`/`tenant` when it sends them."""
+    """The authenticated EHR: its issuer, `sub`/`tenant` when it sends them, and `tenant_ref`:
+    the name or id of our tenant whose patients it may see (from the issuer's configuration)."""
 
     issuer: str
     subject: str | None
     tenant: str | None
+    tenant_ref: str
 
 
 def _key_algorithm(jwk: Mapping[str, Any]) -> str | None:
@@ -90,6 +94,11 @@ class IssuerKeys:
     jwks_url: str | None = None
     jwks: Mapping[str, Any] | None = None
     cache_seconds: float = 300.0
+    # Our tenant (name or id) whose patients this issuer's EHR sees ...
+    tenant: str = DEFAULT_TENANT_NAME
+    # ... or, for an EHR serving several organisations, its JWT `tenant` claim -> our tenant.
+    # When given, a token must carry one of these claims.
+    tenants: Mapping[str, str] | None = None
     fetch: Callable[[str], Mapping[str, Any]] | None = None
     _keys: dict[str, tuple[Any, str]] = field(default_factory=dict)
     _fetched_at: float = float("-inf")
@@ -98,8 +107,26 @@ class IssuerKeys:
     def __post_init__(self) -> None:
         if (self.jwks_url is None) == (self.jwks is None):
             raise ValueError(f"CDS issuer {self.issuer}: give exactly one of jwks_url, jwks")
+        if not isinstance(self.tenant, str) or not self.tenant:
+            raise ValueError(f"CDS issuer {self.issuer}: 'tenant' must be a tenant's name or id")
+        mapping = self.tenants
+        if mapping is not None and not (
+            isinstance(mapping, Mapping)
+            and mapping
+            and all(isinstance(k, str) and isinstance(v, str) and v for k, v in mapping.items())
+        ):
+            raise ValueError(
+                f"CDS issuer {self.issuer}: 'tenants' maps JWT tenant claims to tenant names"
+            )
         if self.jwks is not None:
             self._keys = parse_jwks(self.jwks)
+
+    def tenant_for(self, claim: Any) -> str | None:
+        """Our tenant for a token's `tenant` claim; None when the issuer maps claims and this
+        one is not mapped (the token is refused)."""
+        if self.tenants is None:
+            return self.tenant
+        return self.tenants.get(claim) if isinstance(claim, str) else None
 
     def key_for(self, kid: str) -> tuple[Any, str] | None:
         """(key, algorithm) for `kid`, fetching the JWKS when it is stale or lacks the kid."""
@@ -136,7 +163,9 @@ def _fetch_jwks(url: str) -> Mapping[str, Any]:
 
 
 def load_issuers(config_json: str, cache_seconds: float) -> dict[str, IssuerKeys]:
-    """Parse `MYOTRIAGE_CDS_ISSUERS`: a JSON list of {"iss", "jwks_url" | "jwks"}."""
+    """Parse `MYOTRIAGE_CDS_ISSUERS`: a JSON list of {"iss", "jwks_url" | "jwks", "tenant"?,
+    "tenants"?}: `tenant` is our tenant (name or id, default "default") whose patients the
+    issuer's EHR sees; `tenants` instead maps the JWT `tenant` claim to our tenants."""
     try:
         entries = json.loads(config_json or "[]")
     except json.JSONDecodeError as exc:
@@ -152,6 +181,8 @@ def load_issuers(config_json: str, cache_seconds: float) -> dict[str, IssuerKeys
             jwks_url=entry.get("jwks_url"),
             jwks=entry.get("jwks"),
             cache_seconds=cache_seconds,
+            tenant=entry.get("tenant", DEFAULT_TENANT_NAME),
+            tenants=entry.get("tenants"),
         )
     return issuers
 
@@ -238,7 +269,15 @@ class CdsJwtVerifier:
             raise CdsAuthError("replay_check_unavailable") from exc
         if not fresh:
             raise CdsAuthError("replayed_jti")
-        return CdsClient(issuer=issuer, subject=claims.get("sub"), tenant=claims.get("tenant"))
+        tenant_ref = keys.tenant_for(claims.get("tenant"))
+        if tenant_ref is None:
+            raise CdsAuthError("tenant_not_mapped")
+        return CdsClient(
+            issuer=issuer,
+            subject=claims.get("sub"),
+            tenant=claims.get("tenant"),
+            tenant_ref=tenant_ref,
+        )
 
 
 def _bearer_token(authorization: str | None) -> str:

@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import Any
 
 from services.reporting.summaries import LEVEL_MEANING, SAFETY_QUESTION_TEXT
+from shared.display_text import display_text
 
 PATIENT_VIEW_SERVICE_ID = "myotriage-patient-view"
 SUMMARY_LIMIT = 140  # CDS Hooks: summary "<140 characters"
@@ -114,7 +115,8 @@ def card_detail(result: dict[str, Any], scored_at: datetime) -> str:
     if flags:
         lines += ["", "**Red flags**", ""]
         for flag in flags:
-            because = ", ".join(_md(str(b)) for b in flag.get("because", []))
+            # `because` can quote the patient's own words (medicine names): cleaned, then escaped.
+            because = ", ".join(_md(display_text(b)) for b in flag.get("because", []))
             line = f"- **{_md(flag['title'])}** ({flag.get('level', level)})"
             if because:
                 line += f": {because}"

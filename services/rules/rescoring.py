@@ -303,8 +303,11 @@ def rescore(
             directions[direction(before_level, outcome.triage_level)] += 1
             print(f"{assessment_id}: {before_level} -> {outcome.triage_level}")
         with transaction(sessions) as session:
+            assessment = repository.get_assessment_for_work(session, assessment_id)
             repository.record_audit(
                 session,
+                # In the log of the tenant whose assessment it is.
+                tenant_id=assessment.tenant_id if assessment is not None else None,
                 actor=ACTOR,
                 action="assessment.rescore",
                 assessment_id=assessment_id,
@@ -330,6 +333,7 @@ def _dry_run(
         # One row for the whole run, counts only: it read reports but changed nothing.
         repository.record_audit(
             session,
+            tenant_id=None,  # one row for a run across every tenant
             actor=ACTOR,
             action="assessment.rescore_preview",
             detail=(

@@ -19,6 +19,7 @@ from shared.callbacks import enqueue_result_callbacks
 from shared.celery_app import SCORE_TASK
 from shared.db import transaction
 from shared.models import Assessment, TriageResult, new_id, utcnow
+from shared.vocabulary import STATUS_FAILED, STATUS_SCORED
 
 log = structlog.get_logger("myotriage.rules")
 
@@ -49,7 +50,7 @@ def score_assessment(
     """
     with sessions() as session:
         with session.begin():
-            assessment = repository.get_assessment(session, assessment_id)
+            assessment = repository.get_assessment_for_work(session, assessment_id)
             if assessment is None:
                 log.warning("score.assessment_missing", assessment_id=assessment_id)
                 return ScoreOutcome(assessment_id, "missing")
@@ -84,7 +85,7 @@ def score_assessment(
                 if current is not None:
                     current.current = False
                 session.add(triage_result)
-                assessment.status = "scored"
+                assessment.status = STATUS_SCORED
                 assessment.scored_at = now
                 assessment.failure_reason = None
                 session.flush()  # the writes go first (see the docstring)
@@ -115,16 +116,16 @@ def score_stored_report(ruleset: RuleSet, assessment: Assessment) -> dict[str, A
 def _mark_done(sessions: sessionmaker[Session], assessment_id: str) -> None:
     with transaction(sessions) as session:
         repository.complete_outbox_messages(session, assessment_id, SCORE_TASK)
-        assessment = repository.get_assessment(session, assessment_id)
-        if assessment is not None and assessment.status != "scored":
-            assessment.status = "scored"
+        assessment = repository.get_assessment_for_work(session, assessment_id)
+        if assessment is not None and assessment.status != STATUS_SCORED:
+            assessment.status = STATUS_SCORED
 
 
 def mark_failed(sessions: sessionmaker[Session], assessment_id: str, reason: str) -> None:
     """Record that scoring failed for good; the report is kept for a person to look at."""
     with transaction(sessions) as session:
         repository.complete_outbox_messages(session, assessment_id, SCORE_TASK)
-        assessment = repository.get_assessment(session, assessment_id)
-        if assessment is not None and assessment.status != "scored":
-            assessment.status = "failed"
+        assessment = repository.get_assessment_for_work(session, assessment_id)
+        if assessment is not None and assessment.status != STATUS_SCORED:
+            assessment.status = STATUS_FAILED
             assessment.failure_reason = reason[:200]

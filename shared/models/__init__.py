@@ -24,8 +24,11 @@ from shared.models.callbacks import (
 from shared.models.cds import CdsFeedback
 from shared.models.integrations import FhirQuestionnaireResponse, Integration, IntegrationSecret
 from shared.models.outbox import OutboxMessage
+from shared.models.tenants import DEFAULT_TENANT_ID, DEFAULT_TENANT_NAME, Tenant
 
 __all__ = [
+    "DEFAULT_TENANT_ID",
+    "DEFAULT_TENANT_NAME",
     "DELIVERY_DEAD",
     "DELIVERY_DELIVERED",
     "DELIVERY_DELIVERING",
@@ -48,6 +51,7 @@ __all__ = [
     "Integration",
     "IntegrationSecret",
     "OutboxMessage",
+    "Tenant",
     "TriageResult",
     "UtcDateTime",
     "new_id",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from shared.models.base import Base, UtcDateTime, new_id, utcnow
@@ -17,8 +17,11 @@ class ApiKey(Base):
     __tablename__ = "api_keys"
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    # The organisation whose data the key reaches, and nothing else.
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
     name: Mapped[str] = mapped_column(String(100))
-    key_prefix: Mapped[str] = mapped_column(String(16))
+    # Names the key in listings and `myotriage api-key revoke`: unique, so revoking is exact.
+    key_prefix: Mapped[str] = mapped_column(String(16), unique=True)
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
     scopes: Mapped[list[str]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
@@ -49,6 +52,10 @@ class AuditEvent(Base):
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow, index=True)
+    # Whose audit log it is; None for actions across tenants (a rule-set re-score).
+    tenant_id: Mapped[str | None] = mapped_column(
+        ForeignKey("tenants.id"), index=True, nullable=True
+    )
     actor: Mapped[str] = mapped_column(String(100))
     action: Mapped[str] = mapped_column(String(50))
     assessment_id: Mapped[str | None] = mapped_column(String(36), index=True, nullable=True)

@@ -9,6 +9,7 @@ from sqlalchemy import JSON, Boolean, ForeignKey, Index, Integer, String, Unique
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from shared.models.base import Base, UtcDateTime, new_id, utcnow
+from shared.vocabulary import STATUS_QUEUED
 
 
 class Assessment(Base):
@@ -17,11 +18,15 @@ class Assessment(Base):
     __tablename__ = "assessments"
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
-    status: Mapped[str] = mapped_column(String(16), default="queued")
+    status: Mapped[str] = mapped_column(String(16), default=STATUS_QUEUED)
     # Where it came from: api, webhook, form, batch.
     source: Mapped[str] = mapped_column(String(16), default="api")
-    # The caller's patient identifier, kept as a column so an EHR can look up its patient.
-    patient_ref: Mapped[str] = mapped_column(String(64), index=True)
+    # The organisation it belongs to (shared/models/tenants.py).
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
+    # The patient is (tenant, identifier system, identifier): equal MRNs in two tenants are two
+    # patients. The system is "" when the caller gave none (the contract's `patient.id`).
+    patient_system: Mapped[str] = mapped_column(String(255), default="")
+    patient_ref: Mapped[str] = mapped_column(String(64))
     report: Mapped[dict[str, Any]] = mapped_column(JSON)
     submitted_by: Mapped[str | None] = mapped_column(String(36), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
@@ -34,6 +39,10 @@ class Assessment(Base):
         back_populates="assessment", order_by="TriageResult.created_at"
     )
     # No index on status: see migration 0006.
+
+    __table_args__ = (
+        Index("ix_assessments_tenant_patient", "tenant_id", "patient_ref", "created_at"),
+    )
 
 
 class TriageResult(Base):

@@ -23,6 +23,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column
 
 from shared.models.base import Base, UtcDateTime, new_id, utcnow
+from shared.secrets_at_rest import EncryptedText
 
 # Delivery states (docs/INTEGRATION-OUTBOUND.md has the diagram).
 DELIVERY_PENDING = "pending"  # queued for an attempt: an open outbox row will run it
@@ -45,16 +46,19 @@ FINAL_DELIVERY_STATUSES = frozenset({DELIVERY_DELIVERED, DELIVERY_DEAD, DELIVERY
 class CallbackSubscription(Base):
     """An EHR endpoint subscribed to result events, owned by the API key that created it.
 
-    The signing secret is kept in clear because signing needs it (HMAC); it is shown to the
-    subscriber once and never logged. Protect the database (encryption at rest) accordingly.
+    Signing needs the secret itself (HMAC), so it is stored encrypted under
+    MYOTRIAGE_SECRET_KEYS (shared/secrets_at_rest.py) and read back in clear; it is shown to
+    the subscriber once and never logged.
     """
 
     __tablename__ = "callback_subscriptions"
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    # Only this organisation's results are delivered to it.
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
     owner_key_id: Mapped[str] = mapped_column(String(36), index=True)
     callback_url: Mapped[str] = mapped_column(String(2000))
-    secret: Mapped[str] = mapped_column(String(200))
+    secret: Mapped[str] = mapped_column(EncryptedText())
     event_types: Mapped[list[str]] = mapped_column(JSON)
     include_fhir: Mapped[bool] = mapped_column(Boolean, default=False)
     description: Mapped[str | None] = mapped_column(String(200), nullable=True)

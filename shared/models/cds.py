@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, String, UniqueConstraint
+from sqlalchemy import JSON, ForeignKey, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from shared.models.base import Base, UtcDateTime, new_id, utcnow
@@ -17,6 +17,8 @@ class CdsFeedback(Base):
     __tablename__ = "cds_feedback"
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    # The tenant of the EHR (JWT issuer) that sent it.
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
     service_id: Mapped[str] = mapped_column(String(64))
     card_uuid: Mapped[str] = mapped_column(String(64), index=True)
     outcome: Mapped[str] = mapped_column(String(16))  # accepted | overridden

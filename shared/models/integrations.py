@@ -5,10 +5,11 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ForeignKey, String
+from sqlalchemy import ForeignKey, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from shared.models.base import Base, UtcDateTime, new_id, utcnow
+from shared.secrets_at_rest import EncryptedText
 
 
 class Integration(Base):
@@ -17,7 +18,10 @@ class Integration(Base):
     __tablename__ = "integrations"
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
-    name: Mapped[str] = mapped_column(String(100), unique=True)
+    # The organisation its webhooks' reports belong to.
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
+    # Unique within its tenant.
+    name: Mapped[str] = mapped_column(String(100))
     # What its webhooks may do, from shared.auth.SCOPES (inbound reports need assessments:write).
     scopes: Mapped[list[str]] = mapped_column()
     created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
@@ -28,14 +32,16 @@ class Integration(Base):
         back_populates="integration", order_by="IntegrationSecret.created_at"
     )
 
+    __table_args__ = (UniqueConstraint("tenant_id", "name", name="uq_integrations_tenant_name"),)
+
 
 class IntegrationSecret(Base):
     """One Standard Webhooks signing secret (`whsec_<base64>`). Several may be active at once,
     so an integration can rotate: add the new secret, switch the sender, revoke the old one.
 
-    The secret is kept as given because HMAC verification needs the raw key (a hash would not
-    do). Production should keep it in a secrets manager, or encrypt this column at rest with a
-    key taken from the environment; the database alone must not be enough to forge webhooks.
+    HMAC verification needs the raw key (a hash would not do), so it is stored encrypted under
+    MYOTRIAGE_SECRET_KEYS (shared/secrets_at_rest.py) and read back in clear: the database
+    alone is not enough to forge webhooks.
     """
 
     __tablename__ = "integration_secrets"
@@ -44,7 +50,7 @@ class IntegrationSecret(Base):
     integration_id: Mapped[str] = mapped_column(
         ForeignKey("integrations.id", ondelete="CASCADE"), index=True
     )
-    secret: Mapped[str] = mapped_column(String(200))
+    secret: Mapped[str] = mapped_column(EncryptedText())
     created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
     # Set when rotating with a grace period: the old secret keeps working until then.
     expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)

@@ -22,6 +22,9 @@ _LARGEST = sys.float_info.max
 _CONTROL_OR_BIDI = r"\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069"
 PLAIN_TEXT_PATTERN = f"^[^{_CONTROL_OR_BIDI}]*$"
 _NOT_PLAIN_TEXT = re.compile(f"[{_CONTROL_OR_BIDI}]")
+# A field's metadata key for JSON Schema it enforces that apispec cannot read from its type and
+# validators (shared/openapi.py puts it in the OpenAPI documents, over what apispec derived).
+JSON_SCHEMA_METADATA = "json_schema"
 
 
 class FullMatch(validate.Regexp):
@@ -46,7 +49,9 @@ class StrictBoolean(fields.Boolean):
 
 
 class StrictInteger(fields.Integer):
-    """Only a JSON integer (no strings, booleans or fractions)."""
+    """Only a JSON integer (no strings, booleans or fractions). `42.0` is the integer 42, as in
+    JSON Schema's "integer" (and so in the OpenAPI and the published schema): clients whose JSON
+    has one number type may write whole numbers so. It loads as 42."""
 
     default_error_messages = {"invalid": "Not a whole number."}
 
@@ -54,6 +59,8 @@ class StrictInteger(fields.Integer):
         super().__init__(strict=True, **kwargs)
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> int:
+        if isinstance(value, float) and value.is_integer():  # never NaN or an infinity
+            return int(value)
         if isinstance(value, bool) or not isinstance(value, int):
             raise self.make_error("invalid")
         return value

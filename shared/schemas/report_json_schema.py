@@ -10,7 +10,7 @@ caller asks marshmallow, which reports every problem. A differential test
 randomly mutated reports.
 
 JSON Schema cannot say "a finite number that fits in a double", which StrictNumber requires,
-and its "integer" admits 3.0, which StrictInteger refuses; `fast_load` checks both itself. The
+and its "integer" admits 3.0, which StrictInteger reads as 3; `fast_load` sees to both. The
 schema is also published at `GET /v1/schemas/symptom-report` for clients that want to check
 reports before sending them.
 
@@ -157,11 +157,16 @@ def fast_load(body: dict[str, Any]) -> dict[str, Any] | None:
         report: dict[str, Any] = _validate(copy)
     except fastjsonschema.JsonSchemaException:
         return None
-    if type(report["patient"]["age"]) is not int or type(report["pain_level"]) is not int:
-        return None
-    fatigue = report["fatigue_level"]
-    if fatigue is not None and type(fatigue) is not int:
-        return None
+    for holder, name in (
+        (report["patient"], "age"),
+        (report, "pain_level"),
+        (report, "fatigue_level"),
+    ):
+        value = holder[name]
+        if type(value) is float and value.is_integer():  # 3.0: the integer 3, as StrictInteger
+            holder[name] = int(value)
+        elif value is not None and type(value) is not int:
+            return None
     for name in _NUMBER_FIELDS:
         value = report[name]
         # NaN fails every comparison; infinities and ints beyond a double fail the bounds.

@@ -12,6 +12,7 @@ from typing import Any
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
 from shared.schemas.fields import (
+    JSON_SCHEMA_METADATA,
     FullMatch,
     StrictBoolean,
     StrictInteger,
@@ -64,7 +65,13 @@ class FindingsField(fields.Dict):
     """Finding code → true/false. Missing means not asked; an unknown code lists the valid ones."""
 
     def __init__(self, **kwargs: Any) -> None:
-        super().__init__(keys=fields.String(), values=StrictBoolean(), **kwargs)
+        # The OpenAPI lists the codes: an unknown one is refused, so it is no additional property.
+        codes = {code: {"type": "boolean"} for code in FINDING_CODES}
+        metadata = {
+            JSON_SCHEMA_METADATA: {"properties": codes, "additionalProperties": False},
+            **kwargs.pop("metadata", {}),
+        }
+        super().__init__(keys=fields.String(), values=StrictBoolean(), metadata=metadata, **kwargs)
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
         if not isinstance(value, dict):
@@ -121,6 +128,7 @@ class SymptomReportSchema(Schema):
         StrictString(validate=_one_of(COMPLAINTS)),
         required=True,
         validate=validate.Length(min=1, max=len(COMPLAINTS), error="Give 1 to {max} complaints."),
+        metadata={"uniqueItems": True},
     )
     onset_days = StrictNumber(
         required=True,

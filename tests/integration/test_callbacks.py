@@ -16,6 +16,7 @@ import functools
 import os
 import threading
 import time
+import uuid
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ from services.reporting.api.subscriptions import new_secret
 from services.reporting.app import create_app as create_reporting
 from services.rules.engine import load_ruleset
 from services.rules.scoring import score_assessment
+from shared import repository
 from shared.auth import create_api_key
 from shared.callback_destinations import DestinationPolicy, IPAddress
 from shared.callbacks import CALLBACK_TASK, EVENT_EMERGENCY, EVENT_SCORED, queue_due_deliveries
@@ -42,6 +44,7 @@ from shared.config import Settings
 from shared.db import make_engine, make_session_factory, transaction
 from shared.migrate import upgrade_database
 from shared.models import (
+    DEFAULT_TENANT_ID,
     Assessment,
     CallbackAttempt,
     CallbackDelivery,
@@ -190,6 +193,7 @@ class Rig:
         """A subscription stored as it is, past the API's check (as if its host name resolved
         elsewhere when it was created); (id, secret)."""
         subscription = CallbackSubscription(
+            tenant_id=DEFAULT_TENANT_ID,
             owner_key_id="test",
             callback_url=url,
             secret=new_secret(),
@@ -204,7 +208,11 @@ class Rig:
         """Store a report and score it in this process with the real engine and `_store`."""
         with transaction(self.sessions) as session:
             assessment = Assessment(
-                report=body, patient_ref=body["patient"]["id"], source="api", status="queued"
+                tenant_id=DEFAULT_TENANT_ID,
+                report=body,
+                patient_ref=body["patient"]["id"],
+                source="api",
+                status="queued",
             )
             session.add(assessment)
         outcome = score_assessment(self.sessions, _ruleset(), assessment.id)
@@ -631,14 +639,19 @@ def test_callback_urls_at_internal_addresses_are_refused_with_422(rig: Rig) -> N
     assert after == before  # nothing stored
 
 
-def test_an_api_key_owns_at_most_max_subscriptions(rig: Rig) -> None:
+def test_a_tenant_owns_at_most_max_subscriptions(rig: Rig) -> None:
     capped = create_reporting(rig.settings.with_overrides(callback_max_subscriptions=2))
     capped.config["TESTING"] = True
     client = capped.test_client()
+    suffix = uuid.uuid4().hex[:8]
     with transaction(rig.sessions) as session:
-        _, key = create_api_key(session, "capped ehr", ["callbacks:manage"])
-        _, other_key = create_api_key(session, "another ehr", ["callbacks:manage"])
+        tenant = repository.create_tenant(session, f"capped {suffix}")
+        another = repository.create_tenant(session, f"another {suffix}")
+        _, key = create_api_key(session, "capped ehr", ["callbacks:manage"], tenant.id)
+        _, colleague = create_api_key(session, "capped lab", ["callbacks:manage"], tenant.id)
+        _, other_key = create_api_key(session, "another ehr", ["callbacks:manage"], another.id)
     auth = {"Authorization": f"Bearer {key}"}
+    colleague_auth = {"Authorization": f"Bearer {colleague}"}
     other_auth = {"Authorization": f"Bearer {other_key}"}
 
     def create(path: str, headers: dict[str, str] = auth) -> Any:
@@ -649,7 +662,9 @@ def test_an_api_key_owns_at_most_max_subscriptions(rig: Rig) -> None:
     third = create("three")
     assert third.status_code == 409 and third.mimetype == "application/problem+json"
     assert "2 active subscriptions" in third.get_json()["detail"]
-    # Another key has its own count.
+    # The count is the tenant's: another key of the same tenant gets no more ...
+    assert create("colleague", colleague_auth).status_code == 409
+    # ... and another tenant has its own count.
     theirs = create("theirs", other_auth)
     assert theirs.status_code == 201
     # Disabling one frees its slot (there is no delete).

@@ -26,7 +26,7 @@ from services.rules.engine import load_ruleset
 from services.rules.scoring import score_assessment
 from shared.config import Settings
 from shared.db import transaction
-from shared.models import Assessment, AuditEvent, CdsFeedback, utcnow
+from shared.models import DEFAULT_TENANT_ID, Assessment, AuditEvent, CdsFeedback, utcnow
 from tests.factories import DOMS, STROKE, report
 
 BASE = "http://reporting.test"  # the reporting_base_url of the test settings
@@ -136,7 +136,13 @@ def scored(sessions: Any, body: dict[str, Any], patient_id: str, days_ago: float
     """An assessment for `patient_id`, scored in this process by the real engine."""
     body = {**body, "patient": {**body["patient"], "id": patient_id}}
     with transaction(sessions) as session:
-        assessment = Assessment(report=body, patient_ref=patient_id, source="api", status="queued")
+        assessment = Assessment(
+            tenant_id=DEFAULT_TENANT_ID,
+            report=body,
+            patient_ref=patient_id,
+            source="api",
+            status="queued",
+        )
         session.add(assessment)
     assert score_assessment(sessions, _ruleset(), assessment.id).outcome == "scored"
     if days_ago:

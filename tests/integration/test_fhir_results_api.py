@@ -16,7 +16,7 @@ from sqlalchemy import select
 from services.rules.engine import load_ruleset
 from services.rules.scoring import score_assessment
 from shared.db import transaction
-from shared.models import Assessment, AuditEvent
+from shared.models import DEFAULT_TENANT_ID, Assessment, AuditEvent
 from tests.factories import DOMS, STROKE, report
 
 FHIR_JSON = "application/fhir+json"
@@ -30,7 +30,13 @@ def _ruleset() -> Any:
 def scored(sessions: Any, body: dict[str, Any], patient_id: str) -> str:
     body = {**body, "patient": {**body["patient"], "id": patient_id}}
     with transaction(sessions) as session:
-        assessment = Assessment(report=body, patient_ref=patient_id, source="api", status="queued")
+        assessment = Assessment(
+            tenant_id=DEFAULT_TENANT_ID,
+            report=body,
+            patient_ref=patient_id,
+            source="api",
+            status="queued",
+        )
         session.add(assessment)
     assert score_assessment(sessions, _ruleset(), assessment.id).outcome == "scored"
     return assessment.id

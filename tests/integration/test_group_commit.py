@@ -20,7 +20,7 @@ from shared.auth import create_api_key
 from shared.db import make_engine, transaction
 from shared.group_commit import GroupCommitter, NotWritten, Row
 from shared.migrate import upgrade_database
-from shared.models import Assessment, IdempotencyRecord, OutboxMessage, new_id
+from shared.models import DEFAULT_TENANT_ID, Assessment, IdempotencyRecord, OutboxMessage, new_id
 from shared.schemas.symptom_report import SymptomReportSchema
 from tests.factories import report
 
@@ -33,7 +33,9 @@ def engine(sessions: Any) -> Any:
 
 
 def _rows() -> tuple[str, list[Row]]:
-    return repository.assessment_rows(REPORT, source="api", submitted_by=None)
+    return repository.assessment_rows(
+        REPORT, tenant_id=DEFAULT_TENANT_ID, source="api", submitted_by=None
+    )
 
 
 def _stored(sessions: Any, ids: list[str]) -> set[str]:

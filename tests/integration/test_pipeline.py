@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from shared.models import AuditEvent, OutboxMessage, TriageResult
+from shared.models import DEFAULT_TENANT_ID, AuditEvent, OutboxMessage, TriageResult
 from tests.factories import DOMS, STROKE, report
 
 pytestmark = pytest.mark.usefixtures("pipeline")
@@ -102,7 +102,12 @@ def test_clinician_summary_and_audit(
         audit = session.scalars(
             select(AuditEvent).where(AuditEvent.assessment_id == assessment_id)
         ).all()
-        assert [a.action for a in audit] == ["report.read"]
+        # Reading the status (each poll, assessments:read) and the summary (reports:read) are
+        # all audited.
+        actions = [a.action for a in audit]
+        assert set(actions) == {"assessment.read", "report.read"}
+        assert actions.count("report.read") == 1
+        assert {a.tenant_id for a in audit} == {DEFAULT_TENANT_ID}
 
 
 def test_reports_need_the_reports_scope(reporting: Any, make_key: Any) -> None:

@@ -23,7 +23,15 @@ from services.rules.rescoring import preview_rescore
 from shared import repository
 from shared.db import make_engine, make_session_factory, transaction
 from shared.migrate import upgrade_database
-from shared.models import Assessment, AuditEvent, OutboxMessage, TriageResult, new_id, utcnow
+from shared.models import (
+    DEFAULT_TENANT_ID,
+    Assessment,
+    AuditEvent,
+    OutboxMessage,
+    TriageResult,
+    new_id,
+    utcnow,
+)
 from tests.factories import DOMS, STROKE, report
 from tests.support import private_database
 
@@ -96,6 +104,7 @@ def _store(
     with transaction(rig.sessions) as session:
         session.add(
             Assessment(
+                tenant_id=DEFAULT_TENANT_ID,
                 id=assessment_id,
                 status=status,
                 source="api",

@@ -410,7 +410,7 @@ def test_admin_api_shows_a_secret_once_and_needs_admin(
     writer = {"Authorization": f"Bearer {make_key('assessments:write')}"}
     assert intake.get("/v1/admin/integrations", headers=writer).status_code == 403
     again = intake.post("/v1/admin/integrations", json={"name": integration["name"]}, headers=auth)
-    assert again.status_code == 422 and again.mimetype == PROBLEM
+    assert again.status_code == 409 and again.mimetype == PROBLEM  # a conflict, not bad input
     bad_scope = intake.post(
         "/v1/admin/integrations", json={"name": "x-scope", "scopes": ["root"]}, headers=auth
     )

@@ -128,3 +128,20 @@ def test_discovery_lists_the_patient_view_service() -> None:
     services = discovery_document(30)["services"]
     assert [(s["hook"], s["id"]) for s in services] == [("patient-view", PATIENT_VIEW_SERVICE_ID)]
     assert all(s["title"] and s["description"] for s in services)
+
+
+def test_patient_words_in_a_card_carry_no_control_or_bidi_characters() -> None:
+    sneaky = "medication:statin (Lipitor\u202e exe.gpj\u2066 *bold*\x07\n[link](javascript:x))"
+    flag = {**STROKE_FLAG, "because": [sneaky]}
+    card = patient_view_card(
+        assessment_id="a-1",
+        result_id="r-1",
+        result=result("consultation", [flag]),
+        scored_at=SCORED_AT,
+        reporting_url="https://myotriage.example",
+    )
+    text = card["detail"]
+    for char in ("\u202e", "\u2066", "\x07", "\n[link]"):
+        assert char not in text
+    # Markdown in the patient's words is shown literally, not rendered.
+    assert "\\*bold\\*" in text and "\\[link\\]" in text

@@ -275,7 +275,7 @@ def test_invalid_medication_changes_are_refused_by_both(changes: Any) -> None:
         ("resolved_hours_ago", 10**400),
         ("glucose_mmol_l", float("nan")),
         ("cramp_max_minutes", float("nan")),
-        ("pain_level", 3.0),
+        ("pain_level", 3.5),
         ("pain_level", True),
         ("complaints", ["cramps", "cramps"]),
         ("findings", {"twitching": 1}),
@@ -287,6 +287,18 @@ def test_edge_values_are_refused_by_both(field: str, value: Any) -> None:
     body = report()
     body[field] = value
     assert _answers(body) == (None, None)
+
+
+def test_a_whole_number_written_with_a_fraction_is_that_integer_for_both() -> None:
+    # JSON Schema's "integer" (the OpenAPI's and the published schema's) admits 42.0.
+    body = report()
+    body["patient"] = {**body["patient"], "age": 42.0}
+    body["pain_level"] = 3.0
+    body["fatigue_level"] = 6.0
+    fast, reference = _answers(body)
+    assert fast is not None and fast == reference
+    assert (fast["patient"]["age"], fast["pain_level"], fast["fatigue_level"]) == (42, 3, 6)
+    assert all(type(v) is int for v in (reference["patient"]["age"], reference["pain_level"]))
 
 
 def test_a_huge_integer_from_the_wire_is_a_field_error_not_a_crash() -> None:

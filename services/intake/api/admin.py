@@ -8,15 +8,22 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from flask import g, url_for
+from flask import current_app, g, url_for
 from flask.views import MethodView
 from marshmallow import RAISE, Schema, fields, validate
 
 from services.intake import ehr_integrations
-from services.intake.ehr_integrations import IntegrationError
+from services.intake.ehr_integrations import (
+    MAX_SECRET_BYTES,
+    MIN_SECRET_BYTES,
+    IntegrationError,
+    IntegrationNameTaken,
+)
+from services.intake.webhook_verification import announce_integration_change
 from shared import repository
 from shared.auth import SCOPES, require_scope
 from shared.db import transaction
+from shared.openapi import whsec_pattern
 from shared.problems import Problem
 from shared.web import ApiBlueprint, sessions
 
@@ -32,7 +39,12 @@ class IntegrationIn(Schema):
     class Meta:
         unknown = RAISE
 
-    name = fields.String(required=True, validate=validate.Length(min=1, max=100))
+    name = fields.String(
+        required=True,
+        validate=validate.Length(min=1, max=100),
+        # Leading and trailing spaces are dropped; a name of spaces only is no name.
+        metadata={"pattern": "[^\\s]"},
+    )
     scopes = fields.List(
         fields.String(validate=validate.OneOf(SCOPES)),
         load_default=lambda: list(ehr_integrations.DEFAULT_SCOPES),
@@ -45,7 +57,10 @@ class SecretIn(Schema):
         unknown = RAISE
 
     secret = fields.String(
-        metadata={"description": "Your own whsec_ secret; leave out to have one generated."}
+        metadata={
+            "description": "Your own whsec_ secret; leave out to have one generated.",
+            "pattern": whsec_pattern(MIN_SECRET_BYTES, MAX_SECRET_BYTES),
+        }
     )
     expire_others_in_hours = fields.Float(
         validate=validate.Range(min=0, max=24 * 30),
@@ -67,7 +82,8 @@ class SecretOut(Schema):
 
 class IntegrationOut(Schema):
     id = fields.String()
-    name = fields.String()
+    tenant_id = fields.String(metadata={"description": "The organisation it belongs to."})
+    name = fields.String(metadata={"description": "Unique within the tenant."})
     scopes = fields.List(fields.String())
     created_at = fields.DateTime()
     disabled_at = fields.DateTime(allow_none=True)
@@ -96,7 +112,8 @@ def _view(integration: Any) -> dict[str, Any]:
 def _audit(session: Any, action: str, integration_id: str) -> None:
     repository.record_audit(
         session,
-        actor=f"api_key:{g.caller.key_id}",
+        tenant_id=g.caller.tenant_id,
+        actor=g.caller.actor,
         action=action,
         request_id=g.request_id,
         detail=f"integration {integration_id}",
@@ -104,6 +121,8 @@ def _audit(session: Any, action: str, integration_id: str) -> None:
 
 
 def _refused(exc: IntegrationError) -> Problem:
+    if isinstance(exc, IntegrationNameTaken):
+        return Problem(409, "Conflict", str(exc), problem_type="integration-name-taken")
     return Problem(
         422,
         "Invalid integration request",
@@ -118,24 +137,27 @@ class Integrations(MethodView):
     @blp.response(200, IntegrationListOut)
     @require_scope("admin")
     def get(self) -> Any:
-        """Every integration with its secrets (hints only)."""
+        """Every integration of the caller's tenant, with its secrets (hints only)."""
         with sessions()() as session:
-            return {"items": [_view(i) for i in ehr_integrations.list_integrations(session)]}
+            integrations = ehr_integrations.list_integrations(session, g.caller.tenant_id)
+            return {"items": [_view(i) for i in integrations]}
 
     @require_scope("admin")  # above @arguments: no key is a 401 whatever the body
     @blp.arguments(IntegrationIn)
     @blp.response(201, CreatedIntegrationOut)
+    @blp.alt_response(409, description="The organisation has an integration of this name.")
     def post(self, args: dict[str, Any]) -> Any:
         """Register an integration. The answer holds its first signing secret, once."""
         try:
             with transaction(sessions()) as session:
                 integration, _, raw = ehr_integrations.create_integration(
-                    session, args["name"], args["scopes"]
+                    session, args["name"], args["scopes"], tenant_id=g.caller.tenant_id
                 )
                 _audit(session, "integration.create", integration.id)
                 body = {**_view(integration), "secret": raw}
         except IntegrationError as exc:
             raise _refused(exc) from None
+        _announce(integration)  # an intake process may remember the name as unknown
         return body, 201, {"Location": url_for(".Integration", integration_id=body["id"])}
 
 
@@ -157,9 +179,11 @@ class DisableIntegration(MethodView):
         """Refuse every webhook of this integration from now on (records are kept)."""
         with transaction(sessions()) as session:
             integration = _integration_or_404(session, integration_id)
-            ehr_integrations.disable_integration(session, integration_id)
+            ehr_integrations.disable_integration(session, g.caller.tenant_id, integration_id)
             _audit(session, "integration.disable", integration_id)
-            return _view(integration)
+            out = _view(integration)
+        _announce(integration)
+        return out
 
 
 @blp.route("/<string:integration_id>/secrets")
@@ -184,6 +208,7 @@ class Secrets(MethodView):
                 described = next(s for s in _view(integration)["secrets"] if s["id"] == row.id)
         except IntegrationError as exc:
             raise _refused(exc) from None
+        _announce(integration)  # the new secret works at once, as do shortened grace periods
         return {**described, "secret": raw}
 
 
@@ -194,15 +219,24 @@ class Secret(MethodView):
     def delete(self, integration_id: str, secret_id: str) -> Any:
         """Revoke a secret at once: webhooks signed with it are refused."""
         with transaction(sessions()) as session:
-            _integration_or_404(session, integration_id)
+            integration = _integration_or_404(session, integration_id)
             if not ehr_integrations.revoke_secret(session, integration_id, secret_id):
                 raise Problem(404, "Not Found", "No active secret with this id.")
             _audit(session, "integration.revoke_secret", integration_id)
+        _announce(integration)
         return None
 
 
+def _announce(integration: Any) -> None:
+    """Once a change has committed: every intake process drops its cached senders of it."""
+    announce_integration_change(
+        current_app.extensions["myotriage.redis"], integration.id, integration.name
+    )
+
+
 def _integration_or_404(session: Any, integration_id: str) -> Any:
-    integration = ehr_integrations.get_integration(session, integration_id)
+    # Another tenant's integration is as absent as a missing one: 404, never 403.
+    integration = ehr_integrations.get_integration(session, g.caller.tenant_id, integration_id)
     if integration is None:
         raise Problem(404, "Not Found", "No integration has this id.")
     return integration

@@ -12,8 +12,9 @@ from marshmallow import Schema, fields
 from services.intake.commands import accept_assessment
 from shared import repository
 from shared.auth import require_scope
+from shared.openapi import IDEMPOTENCY_KEY_HEADER
 from shared.problems import Problem
-from shared.request_input import MAX_IDEMPOTENCY_KEY_LENGTH, idempotency_key, json_body
+from shared.request_input import idempotency_key, json_body
 from shared.schemas.symptom_report import SymptomReportSchema, TriageResultOut
 from shared.vocabulary import ASSESSMENT_STATUSES
 from shared.web import ApiBlueprint, sessions, settings_of, writer
@@ -75,18 +76,16 @@ class Assessments(MethodView):
             "content": {"application/json": {"schema": SymptomReportSchema}},
         },
         parameters=[
-            {
-                "in": "header",
-                "name": "Idempotency-Key",
-                "required": False,
-                "schema": {"type": "string", "maxLength": MAX_IDEMPOTENCY_KEY_LENGTH},
-                "description": "Same key + same body: the first answer again. "
-                "Same key + different body: 422.",
-            }
+            IDEMPOTENCY_KEY_HEADER,
         ],
     )
     @blp.response(202, AcceptedOut)
-    @blp.alt_response(422, description="Invalid report: problem+json naming every bad field.")
+    @blp.alt_response(415, description="The report is not sent as application/json.")
+    @blp.alt_response(
+        422,
+        description="Invalid report: problem+json naming every bad field; or an "
+        "Idempotency-Key already used with another body.",
+    )
     @require_scope("assessments:write")
     def post(self) -> Any:
         """Submit a symptom report. It is stored at once and scored in the background."""
@@ -95,6 +94,7 @@ class Assessments(MethodView):
             writer(),
             sessions(),
             _json_body(),
+            tenant_id=g.caller.tenant_id,
             source="api",
             caller_id=g.caller.key_id,
             links=_links,
@@ -117,11 +117,21 @@ class Assessment(MethodView):
     @require_scope("assessments:read")
     def get(self, assessment_id: str) -> Any:
         """An assessment's status and, once scored, its triage result."""
-        with sessions()() as session:
-            assessment = repository.get_assessment(session, assessment_id)
+        with sessions()() as session, session.begin():
+            assessment = repository.get_assessment(session, g.caller.tenant_id, assessment_id)
             if assessment is None:
                 raise Problem(404, "Not Found", "No assessment has this id.")
             result = repository.current_result(session, assessment_id)
+            # Status and result only (the report itself needs reports:read); still a read of
+            # a patient's triage, so it is audited with the caller.
+            repository.record_audit(
+                session,
+                tenant_id=g.caller.tenant_id,
+                actor=g.caller.actor,
+                action="assessment.read",
+                assessment_id=assessment_id,
+                request_id=g.request_id,
+            )
             return {
                 "id": assessment.id,
                 "status": assessment.status,

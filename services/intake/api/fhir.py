@@ -10,15 +10,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import timedelta
-from typing import Any
+from typing import Any, Final
 
 import structlog
 from flask import Response, g, json, request, url_for
 from werkzeug.exceptions import HTTPException
 
 from services.intake import ehr_integrations
+from services.intake.api.assessments import AcceptedOut
 from services.intake.commands import Accepted, accept_assessment, fingerprint
 from services.intake.fhir_questionnaire import (
+    ACCEPTED_STATUSES,
     FHIR_MEDIA_TYPE,
     QUESTIONNAIRE_ID,
     QUESTIONNAIRE_URL,
@@ -27,6 +29,7 @@ from services.intake.fhir_questionnaire import (
     issues_from_field_errors,
     operation_outcome,
     outcome_for_error,
+    patient_identifier_system,
     questionnaire,
     questionnaire_response_from_report,
     report_from_questionnaire_response,
@@ -34,6 +37,7 @@ from services.intake.fhir_questionnaire import (
 from shared import repository
 from shared.auth import require_scope
 from shared.group_commit import Row
+from shared.openapi import IDEMPOTENCY_KEY_HEADER, fhir_resource_response
 from shared.problems import MAX_LISTED_ERRORS, Problem
 from shared.request_input import idempotency_key, json_body
 from shared.web import ApiBlueprint, sessions, settings_of, writer
@@ -126,6 +130,7 @@ def keep_original(resource: dict[str, Any]) -> Callable[[str], list[Row]]:
 def accept_questionnaire_response(
     resource: Any,
     *,
+    tenant_id: str,
     source: str,
     caller_id: str,
     idempotency_key: str | None,
@@ -140,8 +145,10 @@ def accept_questionnaire_response(
             writer(),
             sessions(),
             report,
+            tenant_id=tenant_id,
             source=source,
             caller_id=caller_id,
+            patient_system=patient_identifier_system(resource),
             links=lambda assessment_id: accepted_links(assessment_id, with_fhir=True),
             idempotency_key=idempotency_key,
             idempotency_ttl=timedelta(hours=settings_of().idempotency_ttl_hours),
@@ -155,6 +162,40 @@ def accept_questionnaire_response(
         raise
 
 
+# What the OpenAPI can say of a QuestionnaireResponse; the Questionnaire says the rest.
+QUESTIONNAIRE_RESPONSE_SCHEMA: Final[dict[str, Any]] = {
+    "type": "object",
+    "required": ["resourceType", "status", "questionnaire", "item"],
+    "properties": {
+        "resourceType": {"type": "string", "enum": ["QuestionnaireResponse"]},
+        "status": {"type": "string", "enum": sorted(ACCEPTED_STATUSES)},
+        "questionnaire": {
+            "type": "string",
+            "pattern": "^" + QUESTIONNAIRE_URL.replace(".", "\\.") + "([|].*)?$",
+        },
+        "subject": {"type": "object", "description": "Patient/<your patient id>."},
+        "item": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["linkId"],
+                "properties": {"linkId": {"type": "string"}},
+            },
+        },
+    },
+}
+QUESTIONNAIRE_RESPONSE_BODY: Final[dict[str, Any]] = {
+    "required": True,
+    "description": f"A completed QuestionnaireResponse answering Questionnaire/{QUESTIONNAIRE_ID}"
+    " (GET it for the items): each answer is checked against its item, then the report it "
+    "makes against the v1 contract.",
+    "content": {
+        media_type: {"schema": QUESTIONNAIRE_RESPONSE_SCHEMA}
+        for media_type in (FHIR_MEDIA_TYPE, "application/json")
+    },
+}
+
+
 def _fhir_json_body() -> Any:
     if not request.is_json:
         raise Problem(
@@ -166,6 +207,7 @@ def _fhir_json_body() -> Any:
 
 
 @blp.get(f"/Questionnaire/{QUESTIONNAIRE_ID}")
+@blp.doc(responses={"200": fhir_resource_response("The Questionnaire.")})
 def read_questionnaire() -> Response:
     """The intake questions as a FHIR R4 Questionnaire (public: it holds no patient data)."""
     return fhir_response(questionnaire())
@@ -180,6 +222,18 @@ def read_other_questionnaire(questionnaire_id: str) -> Response:
 
 
 @blp.get("/Questionnaire")
+@blp.doc(
+    parameters=[
+        {
+            "in": "query",
+            "name": "url",
+            "required": False,
+            "schema": {"type": "string"},
+            "description": "The Questionnaire's canonical URL, optionally with '|version'.",
+        }
+    ],
+    responses={"200": fhir_resource_response("A searchset Bundle with 0 or 1 entries.")},
+)
 def search_questionnaires() -> Response:
     """Search by `url` (optionally `|version`): a searchset Bundle with 0 or 1 entries."""
     wanted = request.args.get("url")
@@ -201,6 +255,16 @@ def search_questionnaires() -> Response:
 
 
 @blp.post("/QuestionnaireResponse")
+@blp.doc(requestBody=QUESTIONNAIRE_RESPONSE_BODY, parameters=[IDEMPOTENCY_KEY_HEADER])
+@blp.alt_response(
+    202, schema=AcceptedOut, success=True, description="Accepted, as POST /v1/assessments."
+)
+@blp.alt_response(415, description="The body is not sent as application/fhir+json or JSON.")
+@blp.alt_response(
+    422,
+    description="Answers that do not fit the Questionnaire or the v1 contract: an "
+    "OperationOutcome naming each item.",
+)
 @require_scope("assessments:write")
 def create_questionnaire_response() -> Response:
     """Submit a completed QuestionnaireResponse for the intake Questionnaire. 202 with the
@@ -208,7 +272,11 @@ def create_questionnaire_response() -> Response:
     key = idempotency_key()
     try:
         accepted = accept_questionnaire_response(
-            _fhir_json_body(), source="fhir", caller_id=g.caller.key_id, idempotency_key=key
+            _fhir_json_body(),
+            tenant_id=g.caller.tenant_id,
+            source="fhir",
+            caller_id=g.caller.key_id,
+            idempotency_key=key,
         )
     except QuestionnaireResponseRefused as refused:
         log.info("fhir.questionnaire_response_refused", status=refused.status)
@@ -217,12 +285,13 @@ def create_questionnaire_response() -> Response:
 
 
 @blp.get("/QuestionnaireResponse/<string:assessment_id>")
+@blp.doc(responses={"200": fhir_resource_response("The assessment's QuestionnaireResponse.")})
 @require_scope("assessments:read")
 def read_questionnaire_response(assessment_id: str) -> Response:
     """An assessment's answers as a QuestionnaireResponse: the EHR's original if it came in as
     FHIR, otherwise one made from the v1 report."""
     with sessions()() as session, session.begin():
-        assessment = repository.get_assessment(session, assessment_id)
+        assessment = repository.get_assessment(session, g.caller.tenant_id, assessment_id)
         if assessment is None:
             raise Problem(404, "Not Found", "No assessment has this id.")
         resource = ehr_integrations.stored_questionnaire_response(session, assessment_id)
@@ -236,7 +305,8 @@ def read_questionnaire_response(assessment_id: str) -> Response:
         resource["id"] = assessment_id
         repository.record_audit(
             session,
-            actor=f"api_key:{g.caller.key_id}",
+            tenant_id=g.caller.tenant_id,
+            actor=g.caller.actor,
             action="fhir.questionnaire_response.read",
             assessment_id=assessment_id,
             request_id=g.request_id,

@@ -21,7 +21,14 @@ blp = Blueprint(
 
 
 @blp.route("/symptom-report")
-@blp.response(200, description="The JSON Schema of a v1 symptom report.")
+@blp.doc(
+    responses={
+        "200": {
+            "description": "The JSON Schema of a v1 symptom report.",
+            "content": {"application/schema+json": {"schema": {"type": "object"}}},
+        }
+    }
+)
 def symptom_report_schema() -> Any:
     """The v1 symptom report as JSON Schema. Intake's own answer (422 naming every bad field)
     stays the reference; this schema accepts exactly what intake accepts."""

@@ -18,23 +18,32 @@ from typing import Any, NoReturn
 import structlog
 from flask import Response, current_app, request
 
+from services.intake.api.assessments import AcceptedOut
 from services.intake.api.fhir import (
+    QUESTIONNAIRE_RESPONSE_SCHEMA,
     accept_questionnaire_response,
     accepted_links,
     accepted_response,
     outcome_response,
 )
 from services.intake.commands import Accepted, accept_assessment, fingerprint
-from services.intake.fhir_questionnaire import QuestionnaireResponseRefused
+from services.intake.fhir_questionnaire import FHIR_MEDIA_TYPE, QuestionnaireResponseRefused
 from services.intake.webhook_verification import (
-    BAD_SIGNATURE,
+    MAX_INTEGRATION_REF_LENGTH,
+    MAX_SIGNATURE_HEADER_LENGTH,
+    MAX_TIMESTAMP_DIGITS,
+    MAX_WEBHOOK_ID_LENGTH,
     WebhookHeaders,
     WebhookRejected,
+    WebhookSender,
     WebhookSenders,
     check_timestamp,
+    verified_sender,
 )
-from shared.problems import Problem
+from shared.openapi import error_response
+from shared.problems import PROBLEM_MEDIA_TYPE, Problem
 from shared.request_input import JsonBodyRefused, loads, max_json_depth
+from shared.schemas.symptom_report import SymptomReportSchema
 from shared.web import ApiBlueprint, sessions, settings_of, writer
 
 log = structlog.get_logger("myotriage.intake.webhooks")
@@ -62,23 +71,93 @@ blp = ApiBlueprint(
 )
 
 _SIGNED = ("webhook-id", "webhook-timestamp", "webhook-signature")
+# The headers' form as WebhookHeaders.read checks it (a malformed one is a 400).
 _SIGNED_HEADERS = [
-    {"in": "header", "name": name, "required": True, "schema": {"type": "string"}}
-    for name in _SIGNED
+    {
+        "in": "header",
+        "name": "webhook-id",
+        "required": True,
+        "schema": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": MAX_WEBHOOK_ID_LENGTH,
+            "pattern": "^[ -~]+$",
+        },
+        "description": "The message id (printable ASCII): a redelivery keeps it.",
+    },
+    {
+        "in": "header",
+        "name": "webhook-timestamp",
+        "required": True,
+        "schema": {"type": "string", "pattern": f"^[0-9]{{1,{MAX_TIMESTAMP_DIGITS}}}$"},
+        "description": "The send time in unix seconds, within 5 minutes of our clock.",
+    },
+    {
+        "in": "header",
+        "name": "webhook-signature",
+        "required": True,
+        "schema": {"type": "string", "minLength": 1, "maxLength": MAX_SIGNATURE_HEADER_LENGTH},
+        "description": "Space-separated 'v1,<base64 HMAC-SHA256 of id.timestamp.body>'.",
+    },
 ]
+_WEBHOOK_DOC: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "description": "A v1 symptom report, or a QuestionnaireResponse for the intake "
+        "Questionnaire; the signature covers these bytes exactly.",
+        "content": {
+            "application/json": {
+                "schema": {"anyOf": [SymptomReportSchema, QUESTIONNAIRE_RESPONSE_SCHEMA]}
+            },
+            FHIR_MEDIA_TYPE: {"schema": QUESTIONNAIRE_RESPONSE_SCHEMA},
+        },
+    },
+    "responses": {
+        "202": {
+            "description": "Accepted (a redelivery: the first answer again).",
+            "content": {"application/json": {"schema": AcceptedOut}},
+        },
+        # Errors about the envelope are problem+json; about a FHIR body, an OperationOutcome.
+        "400": error_response(
+            400,
+            PROBLEM_MEDIA_TYPE,
+            FHIR_MEDIA_TYPE,
+            description="Malformed headers or JSON (problem+json), or a body that is no "
+            "QuestionnaireResponse at all (OperationOutcome).",
+        ),
+        "401": error_response(
+            401,
+            description="Unknown or disabled integration, a signature that does not "
+            "verify, or a timestamp more than 5 minutes away.",
+        ),
+        "403": error_response(403, description="The integration lacks 'assessments:write'."),
+        "409": error_response(
+            409, description="This webhook-id was already delivered with another body."
+        ),
+        "415": error_response(415, description="The body is not JSON."),
+        "422": error_response(
+            422,
+            PROBLEM_MEDIA_TYPE,
+            FHIR_MEDIA_TYPE,
+            description="An invalid report (problem+json naming every bad field) or "
+            "QuestionnaireResponse (OperationOutcome naming each item).",
+        ),
+    },
+}
 
 
 def webhook_senders() -> WebhookSenders:
     """The app's directory of integrations that may send webhooks (created on first use)."""
     senders = current_app.extensions.get("myotriage.webhook_senders")
     if senders is None:
-        senders = WebhookSenders(sessions(), settings_of().api_key_cache_seconds)
+        settings = settings_of()
+        senders = WebhookSenders(sessions(), settings.api_key_cache_seconds, settings.redis_url)
         current_app.extensions["myotriage.webhook_senders"] = senders
     return senders  # type: ignore[no-any-return]
 
 
 @blp.route("/ehr/<string:integration_ref>", methods=["POST"])
-@blp.doc(parameters=_SIGNED_HEADERS)
+@blp.doc(parameters=_SIGNED_HEADERS, **_WEBHOOK_DOC)
 def receive_for_integration(integration_ref: str) -> Response:
     """Receive a signed report for the integration with this id (or name)."""
     return _receive(integration_ref)
@@ -92,9 +171,16 @@ def receive_for_integration(integration_ref: str) -> Response:
             "in": "header",
             "name": INTEGRATION_HEADER,
             "required": True,
-            "schema": {"type": "string"},
+            "schema": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": MAX_INTEGRATION_REF_LENGTH,
+                "pattern": "[^ ]",
+            },
+            "description": "The integration's id or name.",
         },
-    ]
+    ],
+    **_WEBHOOK_DOC,
 )
 def receive() -> Response:
     """Receive a signed report; the integration (id or name) is in `webhook-integration`."""
@@ -130,11 +216,8 @@ def _receive(integration_ref: str) -> Response:
     try:
         # Time first, then the integration: a stale or unknown sender learns nothing more.
         check_timestamp(headers)
-        sender = webhook_senders().find(integration_ref)
-        if sender is None:
-            raise BAD_SIGNATURE
         raw_body = request.get_data(cache=True)
-        sender.verify(raw_body, headers)
+        sender = verified_sender(webhook_senders().find(integration_ref), raw_body, headers)
     except WebhookRejected as why:
         _reject(None, webhook_id, why)
     integration_id = sender.integration_id
@@ -166,7 +249,7 @@ def _receive(integration_ref: str) -> Response:
             WebhookRejected(400, "malformed_json", "The body is not valid JSON."),
         )
     try:
-        accepted = _accept(body, integration_id, webhook_id)
+        accepted = _accept(body, sender, webhook_id)
     except QuestionnaireResponseRefused as refused:
         log.warning(
             "webhook.rejected",
@@ -205,11 +288,15 @@ def _receive(integration_ref: str) -> Response:
     return accepted_response(accepted)
 
 
-def _accept(body: Any, integration_id: str, webhook_id: str) -> Accepted:
+def _accept(body: Any, sender: WebhookSender, webhook_id: str) -> Accepted:
     kind = body.get("resourceType") if isinstance(body, dict) else None
     if kind == "QuestionnaireResponse":
         return accept_questionnaire_response(
-            body, source="webhook", caller_id=integration_id, idempotency_key=webhook_id
+            body,
+            tenant_id=sender.tenant_id,
+            source="webhook",
+            caller_id=sender.integration_id,
+            idempotency_key=webhook_id,
         )
     if kind is not None:
         raise Problem(
@@ -223,8 +310,9 @@ def _accept(body: Any, integration_id: str, webhook_id: str) -> Accepted:
         writer(),
         sessions(),
         body,
+        tenant_id=sender.tenant_id,
         source="webhook",
-        caller_id=integration_id,
+        caller_id=sender.integration_id,
         links=lambda assessment_id: accepted_links(assessment_id, with_fhir=False),
         idempotency_key=webhook_id,
         idempotency_ttl=timedelta(hours=settings_of().idempotency_ttl_hours),

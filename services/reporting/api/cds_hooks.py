@@ -9,6 +9,7 @@ any authentication failure is a bare 401 with an empty body.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from functools import wraps
@@ -16,7 +17,6 @@ from typing import Any
 
 import structlog
 from flask import Blueprint, Flask, Response, current_app, g, request
-from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -28,7 +28,7 @@ from services.reporting.cds_cards import (
 )
 from shared import repository
 from shared.db import transaction
-from shared.models import Assessment, CdsFeedback, TriageResult, utcnow
+from shared.models import CdsFeedback, utcnow
 from shared.problems import Problem
 from shared.request_input import json_body
 from shared.web import sessions, settings_of
@@ -65,6 +65,12 @@ def cds_authenticated(view: Callable[..., Any]) -> Callable[..., Any]:
         except CdsAuthError as exc:
             log.warning("cds.auth_rejected", reason=exc.reason, route=request.path)
             return _bare_401()
+        g.cds_tenant_id = _tenant_id(g.cds_client.tenant_ref)
+        if g.cds_tenant_id is None:
+            # The issuer's configured tenant does not exist: a configuration mistake, and
+            # nothing this EHR may see.
+            log.error("cds.tenant_unknown", issuer=g.cds_client.issuer)
+            return _bare_401()
         return view(*args, **kwargs)
 
     return wrapper
@@ -96,10 +102,15 @@ def call_service(service_id: str) -> Any:
     settings = settings_of()
     since = utcnow() - timedelta(days=settings.cds_lookback_days)
     with sessions()() as session:
-        latest = _latest_scored(session, patient_id, since)
-        if latest is None:
+        # The patient is looked up in the EHR's own tenant only: an equal MRN elsewhere is
+        # another organisation's patient.
+        latest = repository.scored_for_patient(
+            session, g.cds_tenant_id, patient_id, limit=1, since=since
+        )
+        if not latest:
             return {"cards": []}
-        assessment_id, result = latest
+        assessment, result = latest[0]
+        assessment_id = assessment.id
         card = patient_view_card(
             assessment_id=assessment_id,
             result_id=result.id,
@@ -122,7 +133,7 @@ def feedback(service_id: str) -> Any:
     parsed = [_feedback_item(item, index) for index, item in enumerate(items)]
     stored = 0
     for item in parsed:
-        stored += _store_feedback(service_id, g.cds_client.issuer, item)
+        stored += _store_feedback(service_id, g.cds_tenant_id, g.cds_client.issuer, item)
     log.info("cds.feedback_received", service_id=service_id, items=len(parsed), stored=stored)
     return {}
 
@@ -205,20 +216,17 @@ def _timestamp(value: Any) -> datetime | None:
     return moment.astimezone(UTC)
 
 
-def _store_feedback(service_id: str, issuer: str, item: dict[str, Any]) -> int:
+def _store_feedback(service_id: str, tenant_id: str, issuer: str, item: dict[str, Any]) -> int:
     """1 if stored, 0 if this exact feedback was already stored."""
-    key = (
-        CdsFeedback.service_id == service_id,
-        CdsFeedback.card_uuid == item["card"],
-        CdsFeedback.outcome == item["outcome"],
-        CdsFeedback.outcome_timestamp == item["outcome_timestamp"],
-    )
     try:
         with transaction(sessions()) as session:
-            if session.scalar(select(CdsFeedback.id).where(*key)) is not None:
+            if repository.cds_feedback_stored(
+                session, service_id, item["card"], item["outcome"], item["outcome_timestamp"]
+            ):
                 return 0
             session.add(
                 CdsFeedback(
+                    tenant_id=tenant_id,
                     service_id=service_id,
                     card_uuid=item["card"],
                     outcome=item["outcome"],
@@ -233,27 +241,11 @@ def _store_feedback(service_id: str, issuer: str, item: dict[str, Any]) -> int:
     return 1
 
 
-def _latest_scored(
-    session: Session, patient_ref: str, since: datetime
-) -> tuple[str, TriageResult] | None:
-    row = session.execute(
-        select(Assessment.id, TriageResult)
-        .join(TriageResult, TriageResult.assessment_id == Assessment.id)
-        .where(
-            Assessment.patient_ref == patient_ref,
-            Assessment.created_at >= since,
-            TriageResult.current.is_(True),
-        )
-        .order_by(Assessment.created_at.desc())
-        .limit(1)
-    ).first()
-    return (row[0], row[1]) if row is not None else None
-
-
 def _audit(session: Session, assessment_id: str, user_id: Any) -> None:
     # A clinician looked at this patient's result through the EHR: audited like any read.
     repository.record_audit(
         session,
+        tenant_id=g.cds_tenant_id,
         actor=f"cds:{g.cds_client.issuer}"[:100],
         action="cds.patient_view",
         assessment_id=assessment_id,
@@ -261,3 +253,19 @@ def _audit(session: Session, assessment_id: str, user_id: Any) -> None:
         detail=f"user={user_id}"[:200] if isinstance(user_id, str) else None,
     )
     session.commit()
+
+
+_TENANTS: dict[str, tuple[float, str | None]] = {}
+
+
+def _tenant_id(tenant_ref: str) -> str | None:
+    """Our tenant's id for an issuer's configured name or id (cached for a minute)."""
+    now = time.monotonic()
+    hit = _TENANTS.get(tenant_ref)
+    if hit is not None and hit[0] > now:
+        return hit[1]
+    with sessions()() as session:
+        tenant = repository.find_tenant(session, tenant_ref)
+        tenant_id = tenant.id if tenant is not None else None
+    _TENANTS[tenant_ref] = (now + 60.0, tenant_id)
+    return tenant_id

@@ -17,7 +17,6 @@ from functools import wraps
 from typing import Any
 
 from flask import Blueprint, Flask, Response, g, json, request
-from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 from werkzeug.exceptions import HTTPException
 
@@ -33,7 +32,6 @@ from shared.fhir_results import (
     risk_assessment,
     searchset,
 )
-from shared.models import Assessment, TriageResult
 from shared.problems import Problem
 from shared.web import sessions, settings_of
 
@@ -90,7 +88,8 @@ def _audited(action: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
                 for assessment_id in assessment_ids or [None]:
                     repository.record_audit(
                         session,
-                        actor=f"api_key:{g.caller.key_id}",
+                        tenant_id=g.caller.tenant_id,
+                        actor=g.caller.actor,
                         action=action,
                         assessment_id=assessment_id,
                         request_id=g.request_id,
@@ -167,29 +166,16 @@ def unsupported(rest: str) -> Response:
 
 
 def _scored(session: Session, assessment_id: str) -> ScoredAssessment | None:
-    row = session.execute(
-        select(Assessment, TriageResult)
-        .join(TriageResult, TriageResult.assessment_id == Assessment.id)
-        .where(Assessment.id == assessment_id, TriageResult.current.is_(True))
-    ).first()
-    if row is None:
+    """The caller's tenant's scored assessment, or None (another tenant's is not found)."""
+    found = repository.scored_assessment(session, g.caller.tenant_id, assessment_id)
+    if found is None:
         return None
-    results = session.scalar(
-        select(func.count())
-        .select_from(TriageResult)
-        .where(TriageResult.assessment_id == assessment_id)
-    )
-    return ScoredAssessment.from_rows(row[0], row[1], amended=(results or 0) > 1)
+    amended = repository.result_count(session, assessment_id) > 1
+    return ScoredAssessment.from_rows(found[0], found[1], amended=amended)
 
 
 def _scored_for_patient(session: Session, patient_ref: str, limit: int) -> list[ScoredAssessment]:
-    rows = session.execute(
-        select(Assessment, TriageResult)
-        .join(TriageResult, TriageResult.assessment_id == Assessment.id)
-        .where(Assessment.patient_ref == patient_ref, TriageResult.current.is_(True))
-        .order_by(Assessment.created_at.desc())
-        .limit(limit)
-    ).all()
+    rows = repository.scored_for_patient(session, g.caller.tenant_id, patient_ref, limit=limit)
     return [ScoredAssessment.from_rows(a, r) for a, r in rows]
 
 

@@ -7,14 +7,13 @@ from typing import Any
 from flask import g
 from flask.views import MethodView
 from marshmallow import Schema, fields, validate
-from sqlalchemy import select
 
 from services.reporting.summaries import clinician_summary, queue_item
 from shared import repository
 from shared.auth import require_scope
 from shared.db import transaction
-from shared.models import TriageResult
 from shared.problems import Problem
+from shared.request_input import MAX_LIST_OFFSET
 from shared.vocabulary import TRIAGE_LEVELS
 from shared.web import ApiBlueprint, sessions, settings_of
 
@@ -28,7 +27,7 @@ blp = ApiBlueprint(
 
 class QueueArgs(Schema):
     limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=500))
-    offset = fields.Integer(load_default=0, validate=validate.Range(min=0))
+    offset = fields.Integer(load_default=0, validate=validate.Range(min=0, max=MAX_LIST_OFFSET))
     level = fields.String(load_default=None, validate=validate.OneOf(TRIAGE_LEVELS))
 
 
@@ -39,24 +38,16 @@ class AssessmentReport(MethodView):
     def get(self, assessment_id: str) -> Any:
         """The clinician summary: what was reported, the triage level, and why."""
         with transaction(sessions()) as session:
-            assessment = repository.get_assessment(session, assessment_id)
+            assessment = repository.get_assessment(session, g.caller.tenant_id, assessment_id)
             if assessment is None:
                 raise Problem(404, "Not Found", "No assessment has this id.")
             result = repository.current_result(session, assessment_id)
-            older = list(
-                session.scalars(
-                    select(TriageResult)
-                    .where(
-                        TriageResult.assessment_id == assessment_id,
-                        TriageResult.current.is_(False),
-                    )
-                    .order_by(TriageResult.created_at)
-                )
-            )
-            history = repository.history_for_patient(session, assessment.patient_ref)
+            older = repository.older_results(session, assessment_id)
+            history = repository.history_for_patient(session, assessment)
             repository.record_audit(
                 session,
-                actor=f"api_key:{g.caller.key_id}",
+                tenant_id=g.caller.tenant_id,
+                actor=g.caller.actor,
                 action="report.read",
                 assessment_id=assessment_id,
                 request_id=g.request_id,
@@ -74,11 +65,16 @@ class TriageQueue(MethodView):
         reporting_url = settings_of().reporting_base_url
         with transaction(sessions()) as session:
             rows = repository.triage_queue(
-                session, limit=args["limit"], offset=args["offset"], level=args["level"]
+                session,
+                g.caller.tenant_id,
+                limit=args["limit"],
+                offset=args["offset"],
+                level=args["level"],
             )
             repository.record_audit(
                 session,
-                actor=f"api_key:{g.caller.key_id}",
+                tenant_id=g.caller.tenant_id,
+                actor=g.caller.actor,
                 action="queue.read",
                 request_id=g.request_id,
                 detail=f"{len(rows)} rows",

@@ -26,7 +26,9 @@ from shared.callbacks import (
     EVENT_SCORED,
     EVENT_TYPES,
     deliveries_of,
+    delivery_of,
     disable_subscription,
+    get_subscription,
     replay_delivery,
     reserve_subscription_slot,
     subscriptions_of,
@@ -39,7 +41,9 @@ from shared.models import (
     CallbackDelivery,
     CallbackSubscription,
 )
+from shared.openapi import CALLBACK_URL_PATTERN, whsec_pattern
 from shared.problems import Problem
+from shared.request_input import MAX_LIST_OFFSET
 from shared.web import ApiBlueprint, sessions, settings_of
 
 log = structlog.get_logger("myotriage.subscriptions")
@@ -53,6 +57,8 @@ blp = ApiBlueprint(
 )
 
 SECRET_PREFIX = "whsec_"
+MIN_SECRET_BYTES = 24
+MAX_SECRET_BYTES = 64
 
 
 def new_secret() -> str:
@@ -91,8 +97,8 @@ def check_secret(secret: str) -> None:
         raw = base64.b64decode(secret[len(SECRET_PREFIX) :], validate=True)
     except (binascii.Error, ValueError):
         raise ValidationError("Must be 'whsec_' followed by base64.") from None
-    if not 24 <= len(raw) <= 64:
-        raise ValidationError("Must encode 24 to 64 random bytes.")
+    if not MIN_SECRET_BYTES <= len(raw) <= MAX_SECRET_BYTES:
+        raise ValidationError(f"Must encode {MIN_SECRET_BYTES} to {MAX_SECRET_BYTES} random bytes.")
 
 
 class SubscriptionIn(Schema):
@@ -101,7 +107,9 @@ class SubscriptionIn(Schema):
         validate=validate.Length(max=2000),
         metadata={
             "description": "Where to POST events: https, to a public address (http and "
-            "internal addresses only where the operator allowlists them)."
+            "internal addresses only where the operator allowlists them). The pattern is the "
+            "usual case, a host name; a public address literal is accepted too.",
+            "pattern": CALLBACK_URL_PATTERN,
         },
     )
     event_types = fields.List(
@@ -116,7 +124,10 @@ class SubscriptionIn(Schema):
     )
     secret = fields.String(
         load_default=None,
-        metadata={"description": "Your own whsec_ secret; we generate one when absent."},
+        metadata={
+            "description": "Your own whsec_ secret; we generate one when absent.",
+            "pattern": whsec_pattern(MIN_SECRET_BYTES, MAX_SECRET_BYTES),
+        },
     )
     description = fields.String(load_default=None, validate=validate.Length(max=200))
 
@@ -187,7 +198,7 @@ class DeliveryListOut(Schema):
 class DeliveryArgs(Schema):
     status = fields.String(load_default=None, validate=validate.OneOf(DELIVERY_STATUSES))
     limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=500))
-    offset = fields.Integer(load_default=0, validate=validate.Range(min=0))
+    offset = fields.Integer(load_default=0, validate=validate.Range(min=0, max=MAX_LIST_OFFSET))
 
 
 @blp.route("")
@@ -196,21 +207,23 @@ class Subscriptions(MethodView):
     @blp.arguments(SubscriptionIn)
     @blp.response(201, SubscriptionCreatedOut)
     @blp.alt_response(422, description="Invalid subscription: problem+json naming every field.")
-    @blp.alt_response(409, description="This key already has the most active subscriptions.")
+    @blp.alt_response(409, description="The tenant already has the most active subscriptions.")
     def post(self, body: dict[str, Any]) -> Any:
         """Subscribe an endpoint to result events. The generated secret is shown only here."""
         generated = body["secret"] is None
         limit = settings_of().callback_max_subscriptions
         with transaction(sessions()) as session:
-            if not reserve_subscription_slot(session, g.caller.key_id, limit):
+            if not reserve_subscription_slot(session, g.caller.tenant_id, limit):
                 raise Problem(
                     409,
                     "Too many subscriptions",
-                    f"This API key already has {limit} active subscriptions, the most allowed. "
-                    "Disable one it no longer needs, or ask your MyoTriage administrator.",
+                    f"Your organisation already has {limit} active subscriptions, the most "
+                    "allowed. Disable one it no longer needs, or ask your MyoTriage "
+                    "administrator.",
                     problem_type="subscription-limit",
                 )
             subscription = CallbackSubscription(
+                tenant_id=g.caller.tenant_id,
                 owner_key_id=g.caller.key_id,
                 callback_url=body["callback_url"],
                 secret=new_secret() if generated else body["secret"],
@@ -230,9 +243,10 @@ class Subscriptions(MethodView):
     @require_scope("callbacks:manage")
     @blp.response(200, SubscriptionListOut)
     def get(self) -> Any:
-        """Your subscriptions (every subscription for an admin key), newest first."""
+        """Your subscriptions (every one of your organisation's for an admin key), newest first."""
         with sessions()() as session:
-            rows = subscriptions_of(session, None if _is_admin() else g.caller.key_id)
+            owner = None if _is_admin() else g.caller.key_id
+            rows = subscriptions_of(session, g.caller.tenant_id, owner)
             return {"items": [_subscription_out(row) for row in rows]}
 
 
@@ -292,8 +306,8 @@ class DeliveryReplay(MethodView):
         """Send a dead-lettered delivery again now, with a fresh retry budget (same webhook-id)."""
         with transaction(sessions()) as session:
             subscription = _owned(session, subscription_id)
-            delivery = session.get(CallbackDelivery, delivery_id)
-            if delivery is None or delivery.subscription_id != subscription.id:
+            delivery = delivery_of(session, subscription.id, delivery_id)
+            if delivery is None:
                 raise Problem(404, "Not Found", "This subscription has no delivery with this id.")
             if subscription.disabled_at is not None:
                 raise Problem(409, "Conflict", "The subscription is disabled; nothing is sent.")
@@ -316,11 +330,12 @@ def _is_admin() -> bool:
 
 
 def _owned(session: Any, subscription_id: str) -> CallbackSubscription:
-    subscription = session.get(CallbackSubscription, subscription_id)
-    # Someone else's subscription is "not found": its existence is not ours to reveal.
+    subscription = get_subscription(session, g.caller.tenant_id, subscription_id)
+    # Someone else's subscription is "not found": its existence is not ours to reveal. An admin
+    # key sees its own tenant's, never another tenant's.
     if subscription is None or (subscription.owner_key_id != g.caller.key_id and not _is_admin()):
         raise Problem(404, "Not Found", "No subscription of yours has this id.")
-    return subscription  # type: ignore[no-any-return]
+    return subscription
 
 
 def _subscription_out(subscription: CallbackSubscription) -> dict[str, Any]:
