@@ -313,48 +313,37 @@ def _watch(cutoff: _CutOff | None) -> None:
         deadline.watch(cutoff)
 
 
-class _WatchedHTTPConnection(HTTPConnection):
+class _Watched:
+    """Puts a connection's socket under the current attempt's deadline (mixed into urllib3's
+    HTTP and HTTPS connections, before them in the bases)."""
+
     _cutoff: _CutOff | None = None
 
     def _new_conn(self) -> socket.socket:
-        sock = super()._new_conn()
+        sock: socket.socket = super()._new_conn()  # type: ignore[misc]
         self._cutoff = _CutOff(sock)
         _watch(self._cutoff)
         return sock
 
     def request(self, *args: Any, **kwargs: Any) -> None:
         _watch(self._cutoff)  # a kept-alive connection; a new one is watched in `_new_conn`
-        super().request(*args, **kwargs)
+        super().request(*args, **kwargs)  # type: ignore[misc]
 
     def close(self) -> None:
         try:
-            super().close()
+            super().close()  # type: ignore[misc]
         finally:
             cutoff, self._cutoff = self._cutoff, None
             if cutoff is not None:
                 cutoff.close()
 
 
-class _WatchedHTTPSConnection(HTTPSConnection):
-    _cutoff: _CutOff | None = None
+class _WatchedHTTPConnection(_Watched, HTTPConnection):
+    pass
 
-    def _new_conn(self) -> socket.socket:
-        sock = super()._new_conn()
-        self._cutoff = _CutOff(sock)
-        _watch(self._cutoff)
-        return sock
 
-    def request(self, *args: Any, **kwargs: Any) -> None:
-        _watch(self._cutoff)
-        super().request(*args, **kwargs)
-
-    def close(self) -> None:
-        try:
-            super().close()
-        finally:
-            cutoff, self._cutoff = self._cutoff, None
-            if cutoff is not None:
-                cutoff.close()
+class _WatchedHTTPSConnection(_Watched, HTTPSConnection):
+    pass
 
 
 class _WatchedHTTPConnectionPool(HTTPConnectionPool):
