@@ -204,15 +204,6 @@ def score_group(
             log.info("score.group_duplicate_delivery", size=len(ids))
             return _score_one_by_one(sessions, ruleset, [a.id for a, _ in new_results], outcome)
     outcome.scored = [(a.id, r.triage_level) for a, r in new_results]
-    log.info(
-        "score.group_stored",
-        size=len(ids),
-        scored=len(outcome.scored),
-        already_scored=len(outcome.already_scored),
-        failed=len(outcome.failed),
-        missing=len(outcome.missing),
-        ruleset_version=ruleset.version,
-    )
     return outcome
 
 

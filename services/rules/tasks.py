@@ -105,6 +105,15 @@ def register_tasks(app: Celery) -> None:
             )
         for _, level in outcome.scored:
             TRIAGED.labels(level).inc()
+        log.info(
+            "score.group_done",
+            size=len(assessment_ids),
+            scored=len(outcome.scored),
+            already_scored=len(outcome.already_scored),
+            failed=len(outcome.failed),
+            missing=len(outcome.missing),
+            fell_back=outcome.fell_back,
+        )
         runtime.publish_events(
             [
                 ("assessment.scored", {"assessment_id": assessment_id, "triage": level})
