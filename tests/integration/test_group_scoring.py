@@ -10,9 +10,11 @@ database no relay watches: the duplicate found at write time falls back to one r
 from __future__ import annotations
 
 import json
+import threading
 import uuid
 from collections import Counter
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -38,6 +40,41 @@ from shared.models import (
 from shared.secrets_at_rest import install_secret_keys
 from tests.factories import DOMS, STROKE, report
 from tests.support import TEST_SECRET_KEYS, private_database, queue_reports, wait_until
+
+
+class OkReceiver:
+    """An EHR endpoint on loopback that takes every callback (204) and counts them by path."""
+
+    def __init__(self) -> None:
+        self.paths: Counter[str] = Counter()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            disable_nagle_algorithm = True
+
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                receiver.paths[self.path] += 1
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *_: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}{path}"
+
+
+@pytest.fixture
+def ehr() -> Iterator[OkReceiver]:
+    receiver = OkReceiver()
+    yield receiver
+    receiver.server.shutdown()
+
 
 # The engine raises on this (a complaint that is not a code): a bug's stand-in.
 POISON = {"complaints": [{"not": "a code"}]}
@@ -131,11 +168,11 @@ def test_a_poisoned_report_fails_alone_and_its_group_is_scored(sessions: Any) ->
 
 @pytest.mark.usefixtures("pipeline")
 def test_a_group_delivered_twice_at_once_changes_nothing(
-    sessions: Any, settings: Settings, pipeline: Any
+    sessions: Any, settings: Settings, pipeline: Any, ehr: OkReceiver
 ) -> None:
     """The same group message twice, as a broker redelivery or a relay republish makes it:
     both worker processes score it at the same time, and one current result stands each."""
-    subscription_id = _subscribe(sessions, DEFAULT_TENANT_ID, "http://127.0.0.1:9/hook")
+    subscription_id = _subscribe(sessions, DEFAULT_TENANT_ID, ehr.url("/twice"))
     try:
         ids = queue_reports(sessions, [patient(n) for n in range(40)], published=True)
         with sessions() as session:
@@ -172,17 +209,20 @@ def test_a_group_delivered_twice_at_once_changes_nothing(
             )
         expected = {(i, event): 1 for i in ids for event in events_for(levels[i])}
         assert dict(deliveries) == expected
+        wait_until(lambda: ehr.paths["/twice"] == len(expected), 60, "every callback to arrive")
     finally:
         _disable(sessions, subscription_id)
 
 
 @pytest.mark.usefixtures("pipeline")
-def test_grouped_results_reach_only_their_own_tenants_subscriptions(sessions: Any) -> None:
+def test_grouped_results_reach_only_their_own_tenants_subscriptions(
+    sessions: Any, ehr: OkReceiver
+) -> None:
     with transaction(sessions) as session:
         other = repository.create_tenant(session, f"group-{uuid.uuid4().hex[:8]}").id
         create_api_key(session, "group-test", ["callbacks:manage"], tenant_id=other)
-    mine = _subscribe(sessions, DEFAULT_TENANT_ID, "http://127.0.0.1:9/mine")
-    theirs = _subscribe(sessions, other, "http://127.0.0.1:9/theirs")
+    mine = _subscribe(sessions, DEFAULT_TENANT_ID, ehr.url("/mine"))
+    theirs = _subscribe(sessions, other, ehr.url("/theirs"))
     try:
         tenants = [DEFAULT_TENANT_ID if n % 2 else other for n in range(30)]
         ids = queue_reports(sessions, [patient(n) for n in range(30)], tenant_ids=tenants)
@@ -222,6 +262,14 @@ def test_grouped_results_reach_only_their_own_tenants_subscriptions(sessions: An
             assert payload["data"]["assessment_id"] == assessment_id
             assert payload["data"]["triage"] == levels[assessment_id]
             assert "GROUP-" not in json.dumps(payload)  # ids and codes only, no patient data
+        arrived = {"/mine": 0, "/theirs": 0}
+        for subscription_id, _, _, _ in deliveries:
+            arrived["/mine" if subscription_id == mine else "/theirs"] += 1
+        wait_until(
+            lambda: {path: ehr.paths[path] for path in arrived} == arrived,
+            60,
+            "each tenant's callbacks to arrive at its own endpoint",
+        )
     finally:
         _disable(sessions, mine)
         _disable(sessions, theirs)
@@ -236,8 +284,7 @@ def _group_runs(worker_log: str, task_id: str) -> int:
 
 
 def _subscribe(sessions: Any, tenant_id: str, url: str) -> str:
-    """A subscription stored as it is: its deliveries go to a closed port and are retried
-    later, which is no matter here (what is checked is what scoring queued)."""
+    """A subscription to both events, stored as it is (past the API's checks)."""
     from services.reporting.api.subscriptions import new_secret
 
     install_secret_keys(TEST_SECRET_KEYS)  # as every service does at start-up
