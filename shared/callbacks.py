@@ -30,6 +30,7 @@ from shared.models import (
     new_id,
     utcnow,
 )
+from shared.repository import insert_rows
 
 CALLBACK_TASK = "callbacks.deliver"
 EVENT_SCORED = "assessment.scored"
@@ -146,6 +147,90 @@ def enqueue_result_callbacks(
             queue_delivery(session, delivery, utcnow())
             queued += 1
     return queued
+
+
+def enqueue_group_callbacks(
+    session: Session,
+    scored: Sequence[tuple[Assessment, TriageResult]],
+    settings: Settings | None = None,
+) -> int:
+    """`enqueue_result_callbacks` for a group of new results, in bulk: one query for the
+    subscriptions of every tenant in the group, then one insert of the deliveries and one of
+    their outbox rows. Each result reaches only its own assessment's tenant's subscriptions.
+
+    The results are plain (transient) rows the caller inserted with Core, `id` and
+    `created_at` set. Returns how many deliveries were queued.
+    """
+    if not scored:
+        return 0
+    tenants = {assessment.tenant_id for assessment, _ in scored}
+    by_tenant: dict[str, list[CallbackSubscription]] = {}
+    for subscription in session.scalars(
+        select(CallbackSubscription)
+        .where(
+            CallbackSubscription.tenant_id.in_(sorted(tenants)),
+            CallbackSubscription.disabled_at.is_(None),
+        )
+        .options(defer(CallbackSubscription.secret, raiseload=True))
+    ):
+        by_tenant.setdefault(subscription.tenant_id, []).append(subscription)
+    if not by_tenant:
+        return 0
+    settings = settings or _default_settings()
+    amended_ids = _assessments_with_earlier_results(
+        session, [(a.id, r.id) for a, r in scored if a.tenant_id in by_tenant]
+    )
+    now = utcnow()
+    deliveries: list[dict[str, Any]] = []
+    messages: list[dict[str, Any]] = []
+    for assessment, result in scored:
+        for subscription in by_tenant.get(assessment.tenant_id, ()):
+            for event_type in events_for(result.triage_level):
+                if event_type not in subscription.event_types:
+                    continue
+                delivery_id = new_id()
+                deliveries.append(
+                    {
+                        "id": delivery_id,
+                        "subscription_id": subscription.id,
+                        "assessment_id": assessment.id,
+                        "result_id": result.id,
+                        "event_type": event_type,
+                        "payload": callback_payload(
+                            event_type,
+                            assessment,
+                            result,
+                            settings,
+                            include_fhir=subscription.include_fhir,
+                            amended=assessment.id in amended_ids,
+                        ),
+                        "status": DELIVERY_PENDING,
+                        "attempts": 0,
+                        "next_attempt_at": now,
+                        "last_status_code": None,
+                        "last_error": None,
+                        "created_at": now,
+                        "updated_at": now,
+                        "delivered_at": None,
+                    }
+                )
+                messages.append(
+                    {
+                        "id": new_id(),
+                        "task_name": CALLBACK_TASK,
+                        "queue": CALLBACKS_QUEUE,
+                        "assessment_id": assessment.id,
+                        "args": [delivery_id],
+                        "created_at": now,
+                        "published_at": None,
+                        "completed_at": None,
+                        "publish_count": 0,
+                        "last_error": None,
+                    }
+                )
+    insert_rows(session, CallbackDelivery.__table__, deliveries)  # type: ignore[arg-type]
+    insert_rows(session, OutboxMessage.__table__, messages)  # type: ignore[arg-type]
+    return len(deliveries)
 
 
 def queue_delivery(session: Session, delivery: CallbackDelivery, now: datetime) -> None:
@@ -309,6 +394,22 @@ def _default_settings() -> Settings:
     if not _settings:
         _settings.append(Settings.from_env())
     return _settings[0]
+
+
+def _assessments_with_earlier_results(
+    session: Session, new_results: list[tuple[str, str]]
+) -> set[str]:
+    """Which assessments among (assessment id, new result id) pairs had a result before."""
+    if not new_results:
+        return set()
+    return set(
+        session.scalars(
+            select(TriageResult.assessment_id).where(
+                TriageResult.assessment_id.in_([a for a, _ in new_results]),
+                TriageResult.id.not_in([r for _, r in new_results]),
+            )
+        )
+    )
 
 
 def _has_earlier_result(session: Session, assessment_id: str, result_id: str) -> bool:

@@ -30,6 +30,8 @@ ALL_QUEUES = (SCORING_QUEUE, BATCH_QUEUE, CALLBACKS_QUEUE)
 # The rules worker consumes these; the callbacks worker (services.callbacks.worker) the other.
 RULES_QUEUES = (SCORING_QUEUE, BATCH_QUEUE)
 SCORE_TASK = "rules.score_assessment"
+# Many assessments in one message (ids only): the relay groups pending SCORE_TASK rows into it.
+SCORE_GROUP_TASK = "rules.score_group"
 
 
 def create_celery(settings: Settings | None = None, name: str = "myotriage") -> Celery:
@@ -51,7 +53,10 @@ def create_celery(settings: Settings | None = None, name: str = "myotriage") -> 
         # Each queue gets its own exchange and routing key: with the defaults all three bind
         # to one exchange under one key, and every task is delivered to every queue.
         task_queues=tuple(Queue(name, Exchange(name), routing_key=name) for name in ALL_QUEUES),
-        task_routes={SCORE_TASK: {"queue": SCORING_QUEUE}},
+        task_routes={
+            SCORE_TASK: {"queue": SCORING_QUEUE},
+            SCORE_GROUP_TASK: {"queue": SCORING_QUEUE},
+        },
         broker_transport_options={
             "visibility_timeout": settings.broker_visibility_timeout,
             # Redis restarts are survived: reconnect rather than give up.

@@ -44,6 +44,10 @@ class Settings:
         default=0.02, metadata={"env": "MYOTRIAGE_RELAY_POLL_SECONDS"}
     )
     relay_batch_size: int = field(default=500, metadata={"env": "MYOTRIAGE_RELAY_BATCH_SIZE"})
+    # Most reports one scoring task carries: the relay groups what is pending (one report when
+    # idle, up to this many under load) into one `rules.score_group` message. 1: one task per
+    # report, as before groups existed.
+    scoring_group_size: int = field(default=200, metadata={"env": "MYOTRIAGE_SCORING_GROUP_SIZE"})
     # A published task whose assessment is still unscored after this long is published again
     # (the broker may have lost it: Redis restarted without persistence, worker host died).
     relay_republish_after_seconds: float = field(

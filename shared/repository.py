@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Table, and_, bindparam, func, select, update
+from sqlalchemy import Table, and_, bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from shared.celery_app import SCORE_TASK, SCORING_QUEUE
@@ -22,13 +22,14 @@ from shared.models import (
     new_id,
     utcnow,
 )
-from shared.vocabulary import LEVEL_RANK, STATUS_QUEUED, STATUS_SCORED
+from shared.vocabulary import LEVEL_RANK, STATUS_FAILED, STATUS_QUEUED, STATUS_SCORED
 
 # ---- Assessments ------------------------------------------------------------------------------
 
 _ASSESSMENTS: Table = Assessment.__table__  # type: ignore[assignment]
 _OUTBOX: Table = OutboxMessage.__table__  # type: ignore[assignment]
 _IDEMPOTENCY: Table = IdempotencyRecord.__table__  # type: ignore[assignment]
+_RESULTS: Table = TriageResult.__table__  # type: ignore[assignment]
 
 
 def assessment_rows(
@@ -218,6 +219,73 @@ def assessment_ids_with_result_for_version(
     )
 
 
+def insert_rows(session: Session, table: Table, rows: Sequence[dict[str, Any]]) -> None:
+    """Insert `rows` (every row with the same keys) into `table` in the caller's transaction:
+    one multi-row INSERT on PostgreSQL, an `executemany` of one compiled INSERT elsewhere."""
+    if not rows:
+        return
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(insert(table).values(list(rows)))
+    else:
+        session.execute(insert(table), list(rows))
+
+
+_MARK_SCORED = (
+    update(_ASSESSMENTS)
+    .where(_ASSESSMENTS.c.id == bindparam("for_assessment"))
+    .values(
+        status=STATUS_SCORED,
+        scored_at=bindparam("at"),
+        updated_at=bindparam("at"),
+        failure_reason=None,
+    )
+)
+_MARK_FAILED = (
+    update(_ASSESSMENTS)
+    .where(
+        _ASSESSMENTS.c.id == bindparam("for_assessment"),
+        _ASSESSMENTS.c.status != STATUS_SCORED,
+    )
+    .values(status=STATUS_FAILED, failure_reason=bindparam("reason"), updated_at=bindparam("at"))
+)
+
+
+def store_first_results(session: Session, results: Sequence[dict[str, Any]]) -> None:
+    """Insert first results (`triage_results` rows, each `current`) and mark their assessments
+    scored, in bulk; the partial unique index refuses a second current result (IntegrityError)."""
+    if not results:
+        return
+    insert_rows(session, _RESULTS, results)
+    session.execute(
+        _MARK_SCORED,
+        [{"for_assessment": row["assessment_id"], "at": row["created_at"]} for row in results],
+    )
+
+
+def mark_scored_if_not(session: Session, assessment_ids: Sequence[str]) -> None:
+    """Assessments that already have a current result but not the status say `scored`."""
+    if assessment_ids:
+        session.execute(
+            update(_ASSESSMENTS)
+            .where(_ASSESSMENTS.c.id.in_(list(assessment_ids)))
+            .where(_ASSESSMENTS.c.status != STATUS_SCORED)
+            .values(status=STATUS_SCORED, updated_at=utcnow())
+        )
+
+
+def mark_failed_many(session: Session, reasons: dict[str, str]) -> None:
+    """Mark assessments (not already scored) failed, each with its reason (≤ 200 chars)."""
+    if reasons:
+        now = utcnow()
+        session.execute(
+            _MARK_FAILED,
+            [
+                {"for_assessment": assessment_id, "reason": reason[:200], "at": now}
+                for assessment_id, reason in reasons.items()
+            ],
+        )
+
+
 def urgency_of(level: str, priority: int) -> int:
     """Queue sort key: the level always dominates; priority orders within a level."""
     return LEVEL_RANK[level] * 1000 + priority
@@ -361,6 +429,22 @@ def complete_outbox_messages(session: Session, assessment_id: str, task_name: st
         _COMPLETE_OUTBOX,
         {"for_assessment": assessment_id, "for_task": task_name, "done_at": utcnow()},
     )
+
+
+def complete_outbox_messages_of(
+    session: Session, assessment_ids: Sequence[str], task_name: str
+) -> None:
+    """`complete_outbox_messages` for many assessments in one statement."""
+    if assessment_ids:
+        session.execute(
+            update(_OUTBOX)
+            .where(
+                _OUTBOX.c.assessment_id.in_(list(assessment_ids)),
+                _OUTBOX.c.task_name == task_name,
+                _OUTBOX.c.completed_at.is_(None),
+            )
+            .values(completed_at=utcnow())
+        )
 
 
 def outbox_backlog(session: Session) -> int:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import redis
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, insert, text
 from sqlalchemy.engine import make_url
 
 from services.local_stack import (
@@ -23,6 +23,8 @@ from services.local_stack import (
     free_port,
     worker_command,
 )
+from shared import repository
+from shared.models import DEFAULT_TENANT_ID, utcnow
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # The tests' key for signing secrets at rest (MYOTRIAGE_SECRET_KEYS): fixed, public, test-only.
@@ -180,6 +182,41 @@ def private_database(database_url: str, workdir: Path, name: str) -> Iterator[st
     with admin.connect() as conn:
         conn.execute(text(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)'))
     admin.dispose()
+
+
+def queue_reports(
+    sessions: Any,
+    reports: list[dict[str, Any]],
+    tenant_id: str = DEFAULT_TENANT_ID,
+    *,
+    tenant_ids: list[str] | None = None,
+    published: bool = False,
+) -> list[str]:
+    """Store `reports` as intake does (each a `queued` assessment and its outbox row, the rows
+    `repository.assessment_rows` builds), all in one transaction, so the relay finds them all
+    pending at once; returns their ids in order. `tenant_ids` gives each report's tenant;
+    `published` stores the outbox rows as already published (the relay leaves them alone
+    until they are stale), for a test that sends the task itself. For tests and benches that
+    need a backlog faster than HTTP can make one."""
+    ids: list[str] = []
+    by_table: dict[Any, list[dict[str, Any]]] = {}
+    now = utcnow()
+    for n, body in enumerate(reports):
+        assessment_id, rows = repository.assessment_rows(
+            body,
+            tenant_id=tenant_ids[n] if tenant_ids is not None else tenant_id,
+            source="api",
+            submitted_by=None,
+        )
+        ids.append(assessment_id)
+        for table, row in rows:
+            if published and "published_at" in row:
+                row.update(published_at=now, publish_count=1)
+            by_table.setdefault(table, []).append(row)
+    with sessions.begin() as session:
+        for table, rows_of_table in by_table.items():  # assessments before their outbox rows
+            session.execute(insert(table), rows_of_table)
+    return ids
 
 
 def service_env(database_url: str, redis_url: str, **extra: str) -> dict[str, str]:

@@ -1,5 +1,9 @@
 """The transactional outbox relay: publishes outbox rows to Celery, task id = outbox id.
 
+Scoring rows are published in groups: all that are pending (up to `scoring_group_size`) in one
+`rules.score_group` message of assessment ids, task id = the group's first outbox id. A lone
+report is a group of one and goes out at once; a backlog goes out a few hundred per message.
+
 Intake writes the assessment and its outbox row in one transaction and never talks to the
 broker. This process moves rows to Redis. While Redis is down it keeps the rows and tries again
 with back-off, so intake keeps accepting. Published rows whose work never completed (the broker
@@ -22,7 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared import repository
 from shared.callbacks import queue_due_deliveries
-from shared.celery_app import create_celery
+from shared.celery_app import SCORE_GROUP_TASK, SCORE_TASK, create_celery
 from shared.config import Settings
 from shared.db import make_engine, make_session_factory, transaction
 from shared.models import OutboxMessage, utcnow
@@ -59,21 +63,28 @@ class OutboxRelay:
         self._stop.set()
 
     def publish_pending(self) -> int:
-        """Publish one batch of unpublished rows; returns how many went out."""
+        """Publish one batch of unpublished rows; returns how many rows went out.
+
+        Scoring rows go out in groups (`_task_groups`): whatever is pending, one report when
+        the system is idle, up to `scoring_group_size` under load, in one message.
+        """
         published = 0
         with transaction(self.sessions) as session:
-            for message in repository.unpublished_messages(session, self.settings.relay_batch_size):
+            messages = repository.unpublished_messages(session, self.settings.relay_batch_size)
+            for group in self._task_groups(messages):
                 try:
-                    self._publish(message)
+                    self._publish(group)
                 except BrokerUnavailable:
                     # Keep what went out so far (committed below); the rest waits.
                     if published == 0:
                         raise
                     break
-                message.published_at = utcnow()
-                message.publish_count += 1
-                message.last_error = None
-                published += 1
+                now = utcnow()
+                for message in group:
+                    message.published_at = now
+                    message.publish_count += 1
+                    message.last_error = None
+                published += len(group)
         if published:
             PUBLISHED.labels("new").inc(published)
         return published
@@ -85,26 +96,48 @@ class OutboxRelay:
         be waiting its turn behind a backlog, and republishing it would add duplicates to the
         very backlog that delays it. When the queue is empty and the work is still not done,
         the broker lost the message (Redis restarted without persistence, a worker host died).
+        Stale scoring rows go out grouped, as new ones do (the groups need not be the ones
+        first published: scoring is idempotent per assessment).
         """
         cutoff = utcnow() - timedelta(seconds=self.settings.relay_republish_after_seconds)
         count = 0
         idle: dict[str, bool] = {}
         with transaction(self.sessions) as session:
-            for message in repository.stale_messages(
-                session, cutoff, self.settings.relay_batch_size
-            ):
-                if message.queue not in idle:
-                    idle[message.queue] = self._queue_is_empty(message.queue)
-                if not idle[message.queue]:
+            stale = repository.stale_messages(session, cutoff, self.settings.relay_batch_size)
+            for group in self._task_groups(stale):
+                queue = group[0].queue
+                if queue not in idle:
+                    idle[queue] = self._queue_is_empty(queue)
+                if not idle[queue]:
                     continue
-                self._publish(message)
-                message.published_at = utcnow()
-                message.publish_count += 1
-                count += 1
+                self._publish(group)
+                now = utcnow()
+                for message in group:
+                    message.published_at = now
+                    message.publish_count += 1
+                count += len(group)
         if count:
             PUBLISHED.labels("republished").inc(count)
             log.warning("outbox.republished_stale", count=count)
         return count
+
+    def _task_groups(self, messages: list[OutboxMessage]) -> list[list[OutboxMessage]]:
+        """`messages` as the tasks to publish, in order: scoring rows of one queue together in
+        groups of up to `scoring_group_size`, every other row alone. With a group size of 1
+        every row is its own task, the per-report path."""
+        size = self.settings.scoring_group_size
+        groups: list[list[OutboxMessage]] = []
+        open_groups: dict[str, list[OutboxMessage]] = {}
+        for message in messages:
+            if not self._groups(message):
+                groups.append([message])
+                continue
+            group = open_groups.get(message.queue)
+            if group is None or len(group) >= size:
+                group = open_groups[message.queue] = []
+                groups.append(group)
+            group.append(message)
+        return groups
 
     def _queue_is_empty(self, queue: str) -> bool:
         """Whether the broker holds no waiting message for `queue` (Redis: the list's length)."""
@@ -127,18 +160,31 @@ class OutboxRelay:
             log.info("callbacks.retries_queued", count=count)
         return count
 
-    def _publish(self, message: OutboxMessage) -> None:
+    def _groups(self, message: OutboxMessage) -> bool:
+        """Whether `message` goes out in a scoring group rather than as a task of its own."""
+        return (
+            self.settings.scoring_group_size > 1
+            and message.task_name == SCORE_TASK
+            and message.assessment_id is not None
+        )
+
+    def _publish(self, group: list[OutboxMessage]) -> None:
+        """Send one task: a lone row as its own task, task id = outbox id; a scoring group as
+        one `rules.score_group` carrying its assessment ids, task id = its first row's id."""
+        first = group[0]
+        args: list[Any]
+        if self._groups(first):
+            task_name, args = SCORE_GROUP_TASK, [[message.assessment_id for message in group]]
+        else:
+            task_name, args = first.task_name, list(first.args)
         try:
             self.celery.send_task(
-                message.task_name,
-                args=list(message.args),
-                task_id=message.id,
-                queue=message.queue,
-                retry=False,
+                task_name, args=args, task_id=first.id, queue=first.queue, retry=False
             )
         except Exception as exc:  # kombu raises several kinds when Redis is away
             PUBLISH_FAILURES.inc()
-            message.last_error = type(exc).__name__
+            for message in group:
+                message.last_error = type(exc).__name__
             raise BrokerUnavailable(type(exc).__name__) from exc
 
     def run(self) -> None:

@@ -6,7 +6,10 @@ task delivered twice (worker killed after commit, relay re-publishing) is harmle
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import traceback
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -15,7 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from services.rules.engine import RuleSet
 from shared import repository
-from shared.callbacks import enqueue_result_callbacks
+from shared.callbacks import enqueue_group_callbacks, enqueue_result_callbacks
 from shared.celery_app import SCORE_TASK
 from shared.db import transaction
 from shared.models import Assessment, TriageResult, new_id, utcnow
@@ -105,6 +108,150 @@ def score_assessment(
         red_flags=[flag["id"] for flag in result["red_flags"]],
     )
     return ScoreOutcome(assessment_id, "scored", result["triage"], ruleset.version)
+
+
+@dataclass(frozen=True)
+class EngineFailure:
+    """A report the engine raised on: its id, the error's class and where it was raised (code,
+    never data)."""
+
+    assessment_id: str
+    error_class: str
+    raised_at: str
+
+
+@dataclass
+class GroupOutcome:
+    """What scoring a group did, in ids and codes only."""
+
+    scored: list[tuple[str, str]] = field(default_factory=list)  # (assessment id, level)
+    already_scored: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    failed: list[EngineFailure] = field(default_factory=list)
+    fell_back: bool = False  # a concurrent delivery stored some first: scored one by one
+
+
+def score_group(
+    sessions: sessionmaker[Session], ruleset: RuleSet, assessment_ids: Sequence[str]
+) -> GroupOutcome:
+    """Score every assessment of `assessment_ids` that has no current result yet, and store
+    the results, in one read and one write transaction.
+
+    The read loads the assessments with their current results in one query. The engine scores
+    each report without one; a report it raises on is marked failed with the error's class, alone.
+    The write inserts the results in bulk (marking them scored), completes the group's outbox
+    rows and queues their callbacks, all in one transaction: a worker killed before the commit
+    leaves the whole group to be delivered again, one killed after it leaves nothing to redo.
+    When a concurrent delivery stored one of the results first (the partial unique index says
+    so with an IntegrityError), the group is scored again one report at a time with
+    `score_assessment`, so exactly one current result stands for each.
+    """
+    ids = list(dict.fromkeys(assessment_ids))
+    outcome = GroupOutcome()
+    with sessions() as session:
+        with session.begin():
+            rows = repository.assessments_with_current_result(session, ids)
+        found = {assessment.id for assessment, _ in rows}
+        outcome.missing = [assessment_id for assessment_id in ids if assessment_id not in found]
+        for assessment_id in outcome.missing:
+            log.warning("score.assessment_missing", assessment_id=assessment_id)
+
+        now = utcnow()
+        new_results: list[tuple[Assessment, TriageResult]] = []
+        for assessment, current in rows:
+            if current is not None:
+                outcome.already_scored.append(assessment.id)
+                continue
+            try:
+                result = score_stored_report(ruleset, assessment)
+            except Exception as exc:
+                # A bug in the engine on this report: it fails alone, the group goes on.
+                outcome.failed.append(
+                    EngineFailure(assessment.id, type(exc).__name__, where_raised(exc))
+                )
+                continue
+            priority = int(result["priority"])
+            new_results.append(
+                (
+                    assessment,
+                    TriageResult(
+                        id=new_id(),
+                        assessment_id=assessment.id,
+                        ruleset_version=result["ruleset_version"],
+                        triage_level=result["triage"],
+                        priority=priority,
+                        urgency=repository.urgency_of(result["triage"], priority),
+                        current=True,
+                        result=result,
+                        created_at=now,
+                    ),
+                )
+            )
+        session.expunge_all()  # the rows are plain data from here on: writes go through Core
+        try:
+            with session.begin():
+                # Writes first (see `score_assessment` on SQLite's locks).
+                repository.store_first_results(session, [_result_row(r) for _, r in new_results])
+                repository.mark_scored_if_not(session, outcome.already_scored)
+                repository.mark_failed_many(
+                    session,
+                    {f.assessment_id: f"engine error: {f.error_class}" for f in outcome.failed},
+                )
+                repository.complete_outbox_messages_of(session, list(found), SCORE_TASK)
+                # Same transaction: a stored result always has its EHR callbacks queued.
+                enqueue_group_callbacks(session, new_results)
+        except IntegrityError:
+            log.info("score.group_duplicate_delivery", size=len(ids))
+            return _score_one_by_one(sessions, ruleset, [a.id for a, _ in new_results], outcome)
+    outcome.scored = [(a.id, r.triage_level) for a, r in new_results]
+    return outcome
+
+
+def _score_one_by_one(
+    sessions: sessionmaker[Session],
+    ruleset: RuleSet,
+    assessment_ids: list[str],
+    outcome: GroupOutcome,
+) -> GroupOutcome:
+    """The group's fall-back after a duplicate: each report in its own transactions; the
+    failed ones (already known) are marked failed."""
+    outcome.fell_back = True
+    for assessment_id in outcome.already_scored:  # the write that did this was rolled back
+        _mark_done(sessions, assessment_id)
+    for failure in outcome.failed:
+        mark_failed(sessions, failure.assessment_id, f"engine error: {failure.error_class}")
+    for assessment_id in assessment_ids:
+        one = score_assessment(sessions, ruleset, assessment_id)
+        if one.outcome == "scored" and one.triage_level is not None:
+            outcome.scored.append((assessment_id, one.triage_level))
+        else:
+            outcome.already_scored.append(assessment_id)
+    return outcome
+
+
+def _result_row(result: TriageResult) -> dict[str, Any]:
+    return {
+        "id": result.id,
+        "assessment_id": result.assessment_id,
+        "ruleset_version": result.ruleset_version,
+        "triage_level": result.triage_level,
+        "priority": result.priority,
+        "urgency": result.urgency,
+        "current": True,
+        "result": result.result,
+        "created_at": result.created_at,
+    }
+
+
+def where_raised(exc: BaseException) -> str:
+    """Where `exc` was raised, as `file.py:line (function)`: code, never data."""
+    frames = traceback.StackSummary.extract(
+        traceback.walk_tb(exc.__traceback__), lookup_lines=False
+    )
+    if not frames:
+        return "unknown"
+    frame = frames[-1]
+    return f"{Path(frame.filename).name}:{frame.lineno} ({frame.name})"
 
 
 def score_stored_report(ruleset: RuleSet, assessment: Assessment) -> dict[str, Any]:

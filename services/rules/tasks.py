@@ -7,9 +7,6 @@ to Celery (its logs, its result) names ids and error classes only: see `ScoringF
 
 from __future__ import annotations
 
-import traceback
-from pathlib import Path
-
 import structlog
 from celery import Celery, Task
 from celery.exceptions import SoftTimeLimitExceeded
@@ -17,8 +14,8 @@ from prometheus_client import Counter
 from sqlalchemy.exc import OperationalError
 
 from services.rules import runtime
-from services.rules.scoring import mark_failed, score_assessment
-from shared.celery_app import SCORE_TASK, house_task
+from services.rules.scoring import mark_failed, score_assessment, score_group, where_raised
+from shared.celery_app import SCORE_GROUP_TASK, SCORE_TASK, house_task
 
 log = structlog.get_logger("myotriage.rules")
 
@@ -62,7 +59,7 @@ def register_tasks(app: Celery) -> None:
         except (OperationalError, SoftTimeLimitExceeded):
             raise  # retried (SQL parameters are hidden from their messages: shared/db.py)
         except Exception as exc:
-            failure = (type(exc).__name__, _raised_at(exc))
+            failure = (type(exc).__name__, where_raised(exc))
         if failure is not None:
             # A bug in the engine on this report: keep the report, show it as failed, tell ops.
             # Out here, not in the handler, so nothing raised from now on has the original
@@ -83,13 +80,43 @@ def register_tasks(app: Celery) -> None:
                 {"assessment_id": assessment_id, "triage": outcome.triage_level},
             )
 
-
-def _raised_at(exc: BaseException) -> str:
-    """Where `exc` was raised, as `file.py:line (function)`: code, never data."""
-    frames = traceback.StackSummary.extract(
-        traceback.walk_tb(exc.__traceback__), lookup_lines=False
+    @house_task(
+        app,
+        SCORE_GROUP_TASK,
+        autoretry_for=(OperationalError, SoftTimeLimitExceeded),
+        retry_backoff=2,
+        retry_backoff_max=120,
+        retry_jitter=True,
+        max_retries=None,
     )
-    if not frames:
-        return "unknown"
-    frame = frames[-1]
-    return f"{Path(frame.filename).name}:{frame.lineno} ({frame.name})"
+    def score_many(self: Task, assessment_ids: list[str]) -> None:
+        """Score a group of assessments by id (idempotent; see `scoring.score_group`).
+
+        A report the engine raises on is marked failed and logged, alone: the task itself
+        succeeds, so Celery does not deliver the others again.
+        """
+        outcome = score_group(runtime.sessions(), runtime.ruleset(), assessment_ids)
+        for failure in outcome.failed:
+            log.error(
+                "score.engine_error",
+                assessment_id=failure.assessment_id,
+                error_class=failure.error_class,
+                raised_at=failure.raised_at,
+            )
+        for _, level in outcome.scored:
+            TRIAGED.labels(level).inc()
+        log.info(
+            "score.group_done",
+            size=len(assessment_ids),
+            scored=len(outcome.scored),
+            already_scored=len(outcome.already_scored),
+            failed=len(outcome.failed),
+            missing=len(outcome.missing),
+            fell_back=outcome.fell_back,
+        )
+        runtime.publish_events(
+            [
+                ("assessment.scored", {"assessment_id": assessment_id, "triage": level})
+                for assessment_id, level in outcome.scored
+            ]
+        )
