@@ -43,8 +43,10 @@ LONG_CACHE = 3600.0  # without invalidations, a revoked key would work for an ho
 
 # "Another process": a verifier of its own with an hour-long cache, which says when it first
 # refuses the key it accepted.
-OTHER_PROCESS = """
-import sys, time
+OTHER_PROCESS = r"""
+import faulthandler, os, sys, time
+# Stuck (a busy database under a loaded suite)? Say where, on stderr, before the test gives up.
+faulthandler.dump_traceback_later(75, exit=False)
 from shared.auth import ApiKeyVerifier
 from shared.db import make_engine, make_session_factory
 
@@ -52,10 +54,12 @@ database_url, redis_url, key = sys.argv[1:4]
 verifier = ApiKeyVerifier(make_session_factory(make_engine(database_url)), 3600.0, redis_url)
 assert verifier.verify(key) is not None
 assert verifier.revocations.listener.wait_subscribed(20)
-print("accepted", flush=True)
+# One write() each, on lines of their own: the listener thread's log lines share stdout, and a
+# print() is two writes another thread's output can fall between.
+os.write(1, b"\n@@accepted\n")
 while verifier.verify(key) is not None:
     time.sleep(0.005)
-print("refused", flush=True)
+os.write(1, b"\n@@refused\n")
 """
 
 
@@ -71,8 +75,8 @@ def lines_of(proc: subprocess.Popen[str]) -> queue.Queue[str]:
     def read() -> None:
         assert proc.stdout is not None
         for line in proc.stdout:
-            if line.strip() in ("accepted", "refused"):
-                lines.put(line.strip())
+            if line.strip() in ("@@accepted", "@@refused"):
+                lines.put(line.strip().removeprefix("@@"))
 
     threading.Thread(target=read, daemon=True).start()
     return lines
@@ -100,7 +104,9 @@ def test_a_revocation_reaches_another_process_within_a_second(
     try:
         lines = lines_of(other)
         try:
-            assert lines.get(timeout=30) == "accepted"
+            # Generous: under a loaded suite, starting Python and its first SQLite read can
+            # wait on the busy timeout (30 s). The one-second claim is about what follows.
+            assert lines.get(timeout=90) == "accepted"
         except queue.Empty:
             other.kill()
             _, errors = other.communicate(timeout=10)
