@@ -5,7 +5,8 @@
 
 Needs `wrk` (apt-get install wrk). Uses DATABASE_URL if set (PostgreSQL), else SQLite in a temp
 dir; always a private redis-server. Every app runs under gunicorn with 4 workers: the bare-Flask
-ceiling with sync workers, as ../shared/docs/CEILINGS.md measured it, and again with intake's
+ceiling with sync workers (bench/bare_flask.py, the client's reference ceiling), and again with
+intake's
 threads; intake as the run command and compose run it (16 threads, so that concurrent reports
 share a commit). The ratio is taken against the faster bare run. wrk uses 2 threads and 32
 connections on the same cores. `--bounds` adds, in the same rounds, intake with its database
@@ -36,7 +37,7 @@ from tests.factories import report
 def throughput(
     stack: BenchStack, seconds: int, rounds: int, threads: int, bounds: bool = False
 ) -> tuple[dict[str, dict[str, float]], str]:
-    """wrk against the bare ceiling (sync x4, as CEILINGS.md measured it, and with intake's own
+    """wrk against the bare ceiling (sync x4, as the reference ceiling was measured, and with intake's own
     worker settings when they differ) and against intake, alternating round by round."""
     urls = {"bare": stack.gunicorn("bare", "bench.bare_flask:app")}
     if threads > 1:

@@ -72,6 +72,7 @@ EXEMPT_ENDPOINTS = frozenset(
         "health.metrics",
         "api-docs.openapi_json",
         "api-docs.openapi_swagger_ui",
+        "swagger_ui_assets.static",
         "schemas.symptom_report_schema",
         "fhir.read_questionnaire",
         "static",

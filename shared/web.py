@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import flask_smorest
+import flask_swagger_ui
 import redis
 import structlog
 from flask import Blueprint, Flask, current_app, jsonify
@@ -43,7 +45,8 @@ def build_app(import_name: str, service: str, title: str, settings: Settings) ->
         OPENAPI_URL_PREFIX="/",
         OPENAPI_JSON_PATH="openapi.json",
         OPENAPI_SWAGGER_UI_PATH="docs",
-        OPENAPI_SWAGGER_UI_URL="https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/",
+        # Swagger UI's files come from this service (`swagger_ui_assets`), never a CDN.
+        OPENAPI_SWAGGER_UI_URL="/docs/assets/",
         API_SPEC_OPTIONS={
             "components": {
                 "securitySchemes": {
@@ -84,7 +87,20 @@ def build_app(import_name: str, service: str, title: str, settings: Settings) ->
     # After Api(): flask-smorest registers its own HTTPException handler, ours must win.
     register_problem_handlers(app)
     app.register_blueprint(_health_blueprint(service))
+    app.register_blueprint(_swagger_ui_assets())
     return app, api
+
+
+def _swagger_ui_assets() -> Blueprint:
+    """Swagger UI's JavaScript and CSS for the `/docs` page, from the flask-swagger-ui package's
+    copy of swagger-ui-dist: hospital networks are closed, so the page must not need a CDN."""
+    assets = Blueprint(
+        "swagger_ui_assets",
+        __name__,
+        static_folder=str(Path(flask_swagger_ui.__file__).parent / "dist"),
+        static_url_path="/docs/assets",
+    )
+    return assets
 
 
 class ApiBlueprint(flask_smorest.Blueprint):

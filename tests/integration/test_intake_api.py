@@ -198,7 +198,15 @@ def test_openapi_describes_the_contract(intake: Any) -> None:
     properties = spec["components"]["schemas"][name]["properties"]
     assert {"patient", "complaints", "onset_days", "course", "findings"} <= set(properties)
     assert post["security"] == [{"ApiKeyAuth": []}]
-    assert intake.get("/docs").status_code == 200
+    page = intake.get("/docs")
+    assert page.status_code == 200
+    # Every asset the page loads is served here: closed hospital networks reach no CDN.
+    html = page.get_data(as_text=True)
+    assert "http://" not in html.replace("http://localhost", "") and "https://" not in html
+    for asset in ("swagger-ui-bundle.js", "swagger-ui.css"):
+        assert f"/docs/assets/{asset}" in html
+        served = intake.get(f"/docs/assets/{asset}")
+        assert served.status_code == 200 and len(served.get_data()) > 10_000
 
 
 def test_health_and_metrics(intake: Any, auth: Any) -> None:
