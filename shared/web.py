@@ -9,12 +9,13 @@ import flask_smorest
 import flask_swagger_ui
 import redis
 import structlog
-from flask import Blueprint, Flask, current_app, jsonify
+from flask import Blueprint, Flask, current_app, g, jsonify
 from flask_smorest import Api
 from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 from werkzeug.middleware.proxy_fix import ProxyFix
 
+from shared import repository
 from shared.auth import ApiKeyVerifier
 from shared.config import Settings
 from shared.db import make_engine, make_session_factory
@@ -109,6 +110,25 @@ class ApiBlueprint(flask_smorest.Blueprint):
     authenticated before the body is read, so a caller without a key gets 401, never 422."""
 
     ARGUMENTS_PARSER = BoundedArgumentsParser()
+
+
+def audit_caller(
+    session: Session,
+    action: str,
+    *,
+    assessment_id: str | None = None,
+    detail: str | None = None,
+) -> None:
+    """Write `action` by the request's API-key caller into its tenant's audit log."""
+    repository.record_audit(
+        session,
+        tenant_id=g.caller.tenant_id,
+        actor=g.caller.actor,
+        action=action,
+        assessment_id=assessment_id,
+        request_id=g.request_id,
+        detail=detail,
+    )
 
 
 def settings_of(app: Flask | None = None) -> Settings:

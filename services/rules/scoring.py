@@ -9,6 +9,7 @@ from __future__ import annotations
 import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -69,20 +70,9 @@ def score_assessment(
                 assessment_id, "already_scored", done.triage_level, done.ruleset_version
             )
 
-        result = score_stored_report(ruleset, assessment)
         now = utcnow()
-        priority = int(result["priority"])
-        triage_result = TriageResult(
-            id=new_id(),
-            assessment_id=assessment_id,
-            ruleset_version=result["ruleset_version"],
-            triage_level=result["triage"],
-            priority=priority,
-            urgency=repository.urgency_of(result["triage"], priority),
-            current=True,
-            result=result,
-            created_at=now,
-        )
+        result = score_stored_report(ruleset, assessment)
+        triage_result = new_result(assessment_id, result, now)
         try:
             with session.begin():
                 if current is not None:
@@ -103,7 +93,7 @@ def score_assessment(
         "score.stored",
         assessment_id=assessment_id,
         triage_level=result["triage"],
-        priority=priority,
+        priority=triage_result.priority,
         ruleset_version=ruleset.version,
         red_flags=[flag["id"] for flag in result["red_flags"]],
     )
@@ -170,23 +160,7 @@ def score_group(
                     EngineFailure(assessment.id, type(exc).__name__, where_raised(exc))
                 )
                 continue
-            priority = int(result["priority"])
-            new_results.append(
-                (
-                    assessment,
-                    TriageResult(
-                        id=new_id(),
-                        assessment_id=assessment.id,
-                        ruleset_version=result["ruleset_version"],
-                        triage_level=result["triage"],
-                        priority=priority,
-                        urgency=repository.urgency_of(result["triage"], priority),
-                        current=True,
-                        result=result,
-                        created_at=now,
-                    ),
-                )
-            )
+            new_results.append((assessment, new_result(assessment.id, result, now)))
         session.expunge_all()  # the rows are plain data from here on: writes go through Core
         try:
             with session.begin():
@@ -252,6 +226,22 @@ def where_raised(exc: BaseException) -> str:
         return "unknown"
     frame = frames[-1]
     return f"{Path(frame.filename).name}:{frame.lineno} ({frame.name})"
+
+
+def new_result(assessment_id: str, result: dict[str, Any], at: datetime) -> TriageResult:
+    """The current-result row for the engine's `result` of an assessment."""
+    priority = int(result["priority"])
+    return TriageResult(
+        id=new_id(),
+        assessment_id=assessment_id,
+        ruleset_version=result["ruleset_version"],
+        triage_level=result["triage"],
+        priority=priority,
+        urgency=repository.urgency_of(result["triage"], priority),
+        current=True,
+        result=result,
+        created_at=at,
+    )
 
 
 def score_stored_report(ruleset: RuleSet, assessment: Assessment) -> dict[str, Any]:

@@ -20,12 +20,11 @@ from services.intake.ehr_integrations import (
     IntegrationNameTaken,
 )
 from services.intake.webhook_verification import announce_integration_change
-from shared import repository
 from shared.auth import SCOPES, require_scope
 from shared.db import transaction
 from shared.openapi import whsec_pattern
 from shared.problems import Problem
-from shared.web import ApiBlueprint, sessions
+from shared.web import ApiBlueprint, audit_caller, sessions
 
 blp = ApiBlueprint(
     "admin_integrations",
@@ -110,12 +109,9 @@ def _view(integration: Any) -> dict[str, Any]:
 
 
 def _audit(session: Any, action: str, integration_id: str) -> None:
-    repository.record_audit(
+    audit_caller(
         session,
-        tenant_id=g.caller.tenant_id,
-        actor=g.caller.actor,
-        action=action,
-        request_id=g.request_id,
+        action,
         detail=f"integration {integration_id}",
     )
 

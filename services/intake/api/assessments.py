@@ -17,7 +17,7 @@ from shared.problems import Problem
 from shared.request_input import idempotency_key, json_body
 from shared.schemas.symptom_report import SymptomReportSchema, TriageResultOut
 from shared.vocabulary import ASSESSMENT_STATUSES
-from shared.web import ApiBlueprint, sessions, settings_of, writer
+from shared.web import ApiBlueprint, audit_caller, sessions, settings_of, writer
 
 blp = ApiBlueprint(
     "assessments",
@@ -124,13 +124,10 @@ class Assessment(MethodView):
             result = repository.current_result(session, assessment_id)
             # Status and result only (the report itself needs reports:read); still a read of
             # a patient's triage, so it is audited with the caller.
-            repository.record_audit(
+            audit_caller(
                 session,
-                tenant_id=g.caller.tenant_id,
-                actor=g.caller.actor,
-                action="assessment.read",
+                "assessment.read",
                 assessment_id=assessment_id,
-                request_id=g.request_id,
             )
             return {
                 "id": assessment.id,

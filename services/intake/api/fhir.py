@@ -40,7 +40,7 @@ from shared.group_commit import Row
 from shared.openapi import IDEMPOTENCY_KEY_HEADER, fhir_resource_response
 from shared.problems import MAX_LISTED_ERRORS, Problem
 from shared.request_input import idempotency_key, json_body
-from shared.web import ApiBlueprint, sessions, settings_of, writer
+from shared.web import ApiBlueprint, audit_caller, sessions, settings_of, writer
 
 log = structlog.get_logger("myotriage.intake.fhir")
 
@@ -303,12 +303,9 @@ def read_questionnaire_response(assessment_id: str) -> Response:
             )
         # Our id for it is the assessment's, whatever id the sender gave it.
         resource["id"] = assessment_id
-        repository.record_audit(
+        audit_caller(
             session,
-            tenant_id=g.caller.tenant_id,
-            actor=g.caller.actor,
-            action="fhir.questionnaire_response.read",
+            "fhir.questionnaire_response.read",
             assessment_id=assessment_id,
-            request_id=g.request_id,
         )
     return fhir_response(resource)

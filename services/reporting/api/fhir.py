@@ -33,7 +33,7 @@ from shared.fhir_results import (
     searchset,
 )
 from shared.problems import Problem
-from shared.web import sessions, settings_of
+from shared.web import audit_caller, sessions, settings_of
 
 blp = Blueprint("fhir", __name__, url_prefix="/fhir")
 
@@ -86,13 +86,10 @@ def _audited(action: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
             with sessions()() as session:
                 resource, assessment_ids = view(session, *args, **kwargs)
                 for assessment_id in assessment_ids or [None]:
-                    repository.record_audit(
+                    audit_caller(
                         session,
-                        tenant_id=g.caller.tenant_id,
-                        actor=g.caller.actor,
-                        action=action,
+                        action,
                         assessment_id=assessment_id,
-                        request_id=g.request_id,
                     )
                 session.commit()
             return fhir_response(resource)

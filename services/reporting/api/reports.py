@@ -15,7 +15,7 @@ from shared.db import transaction
 from shared.problems import Problem
 from shared.request_input import MAX_LIST_OFFSET
 from shared.vocabulary import TRIAGE_LEVELS
-from shared.web import ApiBlueprint, sessions, settings_of
+from shared.web import ApiBlueprint, audit_caller, sessions, settings_of
 
 blp = ApiBlueprint(
     "reports",
@@ -44,13 +44,10 @@ class AssessmentReport(MethodView):
             result = repository.current_result(session, assessment_id)
             older = repository.older_results(session, assessment_id)
             history = repository.history_for_patient(session, assessment)
-            repository.record_audit(
+            audit_caller(
                 session,
-                tenant_id=g.caller.tenant_id,
-                actor=g.caller.actor,
-                action="report.read",
+                "report.read",
                 assessment_id=assessment_id,
-                request_id=g.request_id,
             )
             return clinician_summary(assessment, result, history, older)
 
@@ -71,12 +68,9 @@ class TriageQueue(MethodView):
                 offset=args["offset"],
                 level=args["level"],
             )
-            repository.record_audit(
+            audit_caller(
                 session,
-                tenant_id=g.caller.tenant_id,
-                actor=g.caller.actor,
-                action="queue.read",
-                request_id=g.request_id,
+                "queue.read",
                 detail=f"{len(rows)} rows",
             )
             return {
