@@ -37,8 +37,9 @@ from tests.factories import report
 def throughput(
     stack: BenchStack, seconds: int, rounds: int, threads: int, bounds: bool = False
 ) -> tuple[dict[str, dict[str, float]], str]:
-    """wrk against the bare ceiling (sync x4, as the reference ceiling was measured, and with intake's own
-    worker settings when they differ) and against intake, alternating round by round."""
+    """wrk against the bare ceiling (sync x4, as the reference ceiling was measured, and with
+    intake's own worker settings when they differ) and against intake, alternating round by
+    round."""
     urls = {"bare": stack.gunicorn("bare", "bench.bare_flask:app")}
     if threads > 1:
         urls["bare_threads"] = stack.gunicorn(
